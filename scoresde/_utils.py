@@ -1,0 +1,62 @@
+"""Small helpers used across the package: broadcasting, reductions, argument checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["append_dims", "batch_sum", "check_t", "check_batch", "as_time", "flat_dim"]
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dims to ``v`` until it has ``ndim`` dims, so ``(B,)`` broadcasts over ``(B, *D)``."""
+    extra = ndim - v.ndim
+    if extra < 0:
+        raise ValueError(f"cannot broadcast a tensor with {v.ndim} dims to {ndim} dims")
+    return v[(...,) + (None,) * extra]
+
+
+def batch_sum(x: Tensor) -> Tensor:
+    """Sum over every dim but the first: ``(B, *D) -> (B,)``."""
+    return x.flatten(1).sum(1)
+
+
+def flat_dim(shape: Sequence[int]) -> int:
+    """Number of scalar dimensions of one data point of shape ``shape`` (without the batch dim)."""
+    return math.prod(int(s) for s in shape)
+
+
+def check_t(t: Tensor, T: float, *, batch: int | None = None, name: str = "t") -> None:
+    """Raise a ``ValueError`` unless ``t`` is a ``(B,)`` tensor of times in ``[0, T]``."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {type(t).__name__}")
+    if t.ndim != 1:
+        raise ValueError(f"{name} must have shape (B,) (one time per sample), got shape {tuple(t.shape)}")
+    if batch is not None and t.shape[0] != batch:
+        raise ValueError(f"{name} has {t.shape[0]} entries but x has batch size {batch}; pass one time per sample")
+    if t.numel() and (bool((t < 0).any()) or bool((t > T).any())):
+        lo, hi = float(t.min()), float(t.max())
+        raise ValueError(f"{name} must lie in [0, T] = [0, {T:g}], got values in [{lo:.6g}, {hi:.6g}]")
+
+
+def check_batch(x: Tensor, name: str = "x") -> None:
+    """Raise unless ``x`` is a tensor with a batch dim and at least one data dim, ``(B, *D)``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, *D), got {type(x).__name__}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must have shape (B, *D) with a batch dim first, got shape {tuple(x.shape)}; "
+            f"for a single point use {name}[None]"
+        )
+
+
+def as_time(t: float | Tensor, like: Tensor) -> Tensor:
+    """A ``(B,)`` time tensor on ``like``'s device, in ``like``'s dtype, from a float or a tensor."""
+    B = like.shape[0]
+    if isinstance(t, Tensor):
+        t = t.to(device=like.device, dtype=like.dtype)
+        return t.expand(B) if t.ndim == 0 else t
+    return torch.full((B,), float(t), device=like.device, dtype=like.dtype)

@@ -1,0 +1,80 @@
+"""Variance-preserving (VP) and sub-VP SDEs (Song et al., 2021, eqs. 11 and 29)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._utils import append_dims
+from .base import SDE
+
+__all__ = ["VPSDE", "SubVPSDE"]
+
+
+class VPSDE(SDE):
+    """VP SDE, the continuous limit of DDPM: ``dx = -½ beta(t) x dt + sqrt(beta(t)) dw`` (eq. 11).
+
+    ``beta(t) = beta_min + t (beta_max - beta_min)``; ``alpha_t = exp(-¼ t² (beta_max - beta_min) - ½ t beta_min)``,
+    ``sigma_t = sqrt(1 - alpha_t²)``; prior ``N(0, I)``.
+
+    Args:
+        beta_min: ``beta(0)``, with ``0 <= beta_min < beta_max``.
+        beta_max: ``beta(T)``.
+        T: end time (1 in the paper).
+    """
+
+    sampling_eps = 1e-3
+    noise_condition = "t"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0) -> None:
+        if not 0 <= beta_min < beta_max:
+            raise ValueError(f"{type(self).__name__} needs 0 <= beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        if not T > 0:
+            raise ValueError(f"{type(self).__name__} needs T > 0, got T={T}")
+        self.beta_min, self.beta_max, self.T = float(beta_min), float(beta_max), float(T)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(beta_min={self.beta_min:g}, beta_max={self.beta_max:g}, T={self.T:g})"
+
+    def beta(self, t: Tensor) -> Tensor:
+        """``beta(t) = beta_min + t (beta_max - beta_min)``: ``(B,)``."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_mean_coeff(self, t: Tensor) -> Tensor:
+        """``log alpha_t = -∫_0^t beta(s) ds / 2 = -¼ t² (beta_max - beta_min) - ½ t beta_min``: ``(B,)``."""
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def _drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return append_dims(-0.5 * self.beta(t), x.ndim).to(x.dtype) * x
+
+    def _diffusion(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.beta(t))
+
+    def _alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(self.log_mean_coeff(t))
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        # sqrt(1 - alpha²) through expm1: stable near t = 0 (the naive form is 2.4% off in float32 at t = 1e-5).
+        return torch.sqrt(-torch.expm1(2 * self.log_mean_coeff(t)))
+
+    def _log_snr(self, t: Tensor) -> Tensor:
+        lmc = self.log_mean_coeff(t)
+        return lmc - 0.5 * torch.log(-torch.expm1(2 * lmc))
+
+
+class SubVPSDE(VPSDE):
+    """Sub-VP SDE (eq. 29): VP drift with ``g(t)² = beta(t) (1 - exp(-2 ∫_0^t beta))``.
+
+    Same mean as VP; std ``sigma_t = 1 - alpha_t²`` (no square root), always below the VP std; prior ``N(0, I)``.
+    """
+
+    def _diffusion(self, t: Tensor) -> Tensor:
+        # 1 - exp(-2 ∫beta) = 1 - alpha_t⁴ = -expm1(4 log alpha_t)
+        return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_mean_coeff(t)))
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return -torch.expm1(2 * self.log_mean_coeff(t))
+
+    def _log_snr(self, t: Tensor) -> Tensor:
+        lmc = self.log_mean_coeff(t)
+        return lmc - torch.log(-torch.expm1(2 * lmc))
