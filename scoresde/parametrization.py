@@ -1,0 +1,105 @@
+"""Turn a network's raw output into the score, whatever it was trained to predict.
+
+With ``x_t = alpha_t x_0 + sigma_t eps`` (any SDE of :mod:`scoresde.sde`), the four usual targets are interchangeable:
+
+    eps    score = -eps / sigma_t
+    x0     score = (alpha_t x0 - x_t) / sigma_t²
+    v      v = alpha_t eps - sigma_t x0  ⇒  eps = (sigma_t x_t + alpha_t v) / (alpha_t² + sigma_t²)
+    score  the network output is the score itself
+
+The network sees ``(x_t, c_noise)`` where ``c_noise`` follows the reference conventions: ``999 t`` for VP/sub-VP
+(embedded sinusoidally) and ``log sigma_t`` for VE (embedded with Gaussian Fourier features).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from ._utils import append_dims
+from .sde import SDE
+
+__all__ = ["ScoreModel", "PREDICTIONS", "noise_condition"]
+
+Prediction = Literal["eps", "x0", "v", "score"]
+PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "score")
+TimeInput = Literal["auto", "t", "log_sigma"]
+
+
+def noise_condition(sde: SDE, t: Tensor, kind: str = "auto") -> Tensor:
+    """The network's time input ``c_noise: (B,)``: ``999 t`` (``"t"``) or ``log sigma_t`` (``"log_sigma"``).
+
+    ``"auto"`` takes the SDE's reference convention (``sde.noise_condition``).
+    """
+    kind = sde.noise_condition if kind == "auto" else kind
+    if kind == "t":
+        return 999.0 * t
+    if kind == "log_sigma":
+        return sde.sigma(t).log()
+    raise ValueError(f"unknown time input {kind!r}; use 'auto', 't' or 'log_sigma'")
+
+
+class ScoreModel(nn.Module):
+    """Wrap ``net(x, c_noise)`` that predicts ``eps``, ``x0``, ``v`` or the ``score`` so that ``model(x, t)`` is the score.
+
+    Args:
+        net: module called as ``net(x_t, c_noise)`` with ``x_t: (B, *D)``, ``c_noise: (B,)``; returns ``(B, *D)``.
+        sde: the forward SDE that defines ``alpha_t`` and ``sigma_t``.
+        prediction: what the network predicts: ``"eps"`` (default), ``"x0"``, ``"v"`` or ``"score"``.
+        time_input: ``"auto"`` (the SDE's reference convention), ``"t"`` (``999 t``) or ``"log_sigma"``.
+    """
+
+    def __init__(self, net: nn.Module, sde: SDE, prediction: Prediction = "eps", time_input: TimeInput = "auto") -> None:
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; available: {', '.join(PREDICTIONS)}")
+        if time_input not in ("auto", "t", "log_sigma"):
+            raise ValueError(f"unknown time_input {time_input!r}; use 'auto', 't' or 'log_sigma'")
+        self.net, self.sde, self.prediction, self.time_input = net, sde, prediction, time_input
+
+    def extra_repr(self) -> str:
+        return f"sde={self.sde!r}, prediction={self.prediction!r}, time_input={self.time_input!r}"
+
+    def _coeffs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        alpha = append_dims(self.sde.alpha(t), x.ndim).to(x.dtype)
+        sigma = append_dims(self.sde.sigma(t), x.ndim).to(x.dtype)
+        return alpha, sigma
+
+    def raw(self, x: Tensor, t: Tensor) -> Tensor:
+        """The network's own output at ``(x_t, t)``: ``(B, *D)``."""
+        return self.net(x, noise_condition(self.sde, t, self.time_input).to(x.dtype))
+
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        """Predicted noise ``eps_hat = -sigma_t score``: ``(B, *D)``."""
+        out = self.raw(x, t)
+        if self.prediction == "eps":
+            return out
+        alpha, sigma = self._coeffs(x, t)
+        if self.prediction == "x0":
+            return (x - alpha * out) / sigma
+        if self.prediction == "v":
+            return (sigma * x + alpha * out) / (alpha**2 + sigma**2)
+        return -sigma * out  # score
+
+    def score(self, x: Tensor, t: Tensor) -> Tensor:
+        """Predicted score ``∇ log p_t(x)``: ``(B, *D)``."""
+        out = self.raw(x, t)
+        if self.prediction == "score":
+            return out
+        alpha, sigma = self._coeffs(x, t)
+        if self.prediction == "eps":
+            return -out / sigma
+        if self.prediction == "x0":
+            return (alpha * out - x) / sigma**2
+        eps = (sigma * x + alpha * out) / (alpha**2 + sigma**2)  # v
+        return -eps / sigma
+
+    def x0(self, x: Tensor, t: Tensor) -> Tensor:
+        """Predicted ``E[x_0 | x_t]`` by Tweedie's formula, ``(x_t + sigma_t² score) / alpha_t``: ``(B, *D)``."""
+        alpha, sigma = self._coeffs(x, t)
+        return (x + sigma**2 * self.score(x, t)) / alpha
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Same as :meth:`score`, so the module itself is a ``score_fn``."""
+        return self.score(x, t)
