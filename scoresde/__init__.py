@@ -1,0 +1,28 @@
+"""scoresde: score-based generative modelling with stochastic differential equations.
+
+The core (SDEs, analytic targets, parameterization, losses, solvers, sampling) is plain PyTorch; the Lightning layer
+(training, data, CLI) lives in :mod:`scoresde.lightning` and is imported only when used.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .analytic import GaussianMixture as GaussianMixture
+from .losses import DSMLoss as DSMLoss
+from .parametrization import ScoreModel as ScoreModel
+from .sample import SampleResult as SampleResult
+from .sample import sample as sample
+from .sde import SDE as SDE
+from .sde import VESDE as VESDE
+from .sde import VPSDE as VPSDE
+from .sde import SubVPSDE as SubVPSDE
+from .sde import get_sde as get_sde
+from .solvers import SOLVERS as SOLVERS
+from .solvers import Solver as Solver
+from .solvers import get_solver as get_solver
+from .solvers import register_solver as register_solver
+from .transforms import DataTransform as DataTransform
+
+try:
+    __version__ = version("scoresde")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"

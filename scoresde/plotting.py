@@ -1,0 +1,115 @@
+"""Pictures: 2-D samples over the exact density, and image grids next to real data. Files are written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .analytic import GaussianMixture
+
+__all__ = ["plot_2d", "image_grid", "save_figure"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure to ``path`` atomically (temporary file, then rename) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        _pyplot().close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _bounds(*arrays: np.ndarray, pad: float = 0.15) -> tuple[float, float, float, float]:
+    pts = np.concatenate([a for a in arrays if a is not None and len(a)])
+    lo, hi = np.quantile(pts, 0.002, axis=0), np.quantile(pts, 0.998, axis=0)
+    span = (hi - lo).max() * (1 + 2 * pad)
+    c = (lo + hi) / 2
+    return c[0] - span / 2, c[0] + span / 2, c[1] - span / 2, c[1] + span / 2
+
+
+def plot_2d(
+    samples: Tensor,
+    path: str | os.PathLike,
+    *,
+    target: GaussianMixture | None = None,
+    data: Tensor | None = None,
+    title: str = "",
+) -> Path:
+    """Two panels: the data (exact density and/or training points) and the model's samples over the same background."""
+    plt = _pyplot()
+    s = samples.detach().cpu().double().numpy()
+    d = data.detach().cpu().double().numpy() if data is not None else None
+    x0, x1, y0, y1 = _bounds(s if d is None else d, d)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharex=True, sharey=True)
+    background = None
+    if target is not None:
+        gx, gy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
+        grid = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1))
+        background = target.log_prob(grid).exp().reshape(gx.shape).numpy()
+    for ax, pts, name in ((axes[0], d, "data"), (axes[1], s, "samples")):
+        if background is not None:
+            ax.imshow(background, extent=(x0, x1, y0, y1), origin="lower", cmap="Blues", aspect="auto")
+        if pts is not None:
+            n = min(len(pts), 4000)
+            ax.scatter(pts[:n, 0], pts[:n, 1], s=2, c="tab:red" if name == "samples" else "k", alpha=0.5, linewidths=0)
+        ax.set_title(f"{name}" + (" over the exact density" if background is not None else "") + (f" (n={len(pts)})" if pts is not None else ""))
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def _tile(images: np.ndarray, ncol: int) -> np.ndarray:
+    n, c, h, w = images.shape
+    nrow = -(-n // ncol)
+    canvas = np.ones((c, nrow * (h + 1) + 1, ncol * (w + 1) + 1))
+    for i, img in enumerate(images):
+        r, k = divmod(i, ncol)
+        canvas[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = img
+    return canvas.transpose(1, 2, 0)
+
+
+def image_grid(
+    samples: Tensor,
+    path: str | os.PathLike,
+    *,
+    real: Tensor | None = None,
+    ncol: int = 8,
+    title: str = "",
+) -> Path:
+    """Grid of generated images ``(N, C, H, W)`` in ``[0, 1]``, with real images in a panel beside them if given."""
+    plt = _pyplot()
+    panels = [("real", real)] if real is not None else []
+    panels.append(("samples", samples))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+    for ax, (name, imgs) in zip(axes[0], panels):
+        arr = imgs.detach().cpu().float().clamp(0, 1).numpy()
+        tiled = _tile(arr, ncol)
+        ax.imshow(tiled.squeeze(-1) if tiled.shape[-1] == 1 else tiled, cmap="gray_r" if tiled.shape[-1] == 1 else None, vmin=0, vmax=1)
+        ax.set_title(name)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)

@@ -1,0 +1,150 @@
+"""``sample``: the one front door for generation, with one input check and a counted number of score evaluations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._typing import ScoreFn
+from ._utils import append_dims
+from .sde import SDE
+from .solvers import Solver, State, get_solver, get_timesteps
+from .solvers.base import StepCallback
+
+__all__ = ["sample", "SampleResult", "CountingScore"]
+
+
+@dataclass
+class SampleResult:
+    """What :func:`sample` returns.
+
+    Attributes:
+        x: the samples ``(B, *D)``.
+        nfe: number of score evaluations actually made (counted, not computed).
+        trajectory: the states after every step, each ``(B, *D)`` on the CPU, if requested.
+    """
+
+    x: Tensor
+    nfe: int
+    trajectory: list[Tensor] | None = None
+
+
+class CountingScore:
+    """Wraps ``score_fn``: counts calls, casts ``t`` to ``x``'s dtype and checks the output shape once."""
+
+    def __init__(self, score_fn: ScoreFn) -> None:
+        self.score_fn, self.nfe = score_fn, 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        out = self.score_fn(x, t.to(x.dtype))
+        if self.nfe == 0 and (not isinstance(out, Tensor) or out.shape != x.shape):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"score_fn(x, t) must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+        self.nfe += 1
+        return out
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of ints (B, *D), got {shape!r}") from None
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be (B, *D) with positive sizes and at least one data dim, got {shape}")
+    return shape
+
+
+def sample(
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: Sequence[int],
+    *,
+    solver: str | Solver = "euler_maruyama",
+    steps: int = 1000,
+    generator: torch.Generator | None = None,
+    x_init: Tensor | None = None,
+    t_end: float | None = None,
+    grid: str = "uniform",
+    denoise: bool = False,
+    callback: StepCallback | None = None,
+    return_trajectory: bool = False,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **solver_options: Any,
+) -> SampleResult:
+    """Draw samples by integrating from the prior at ``T`` down to ``t_end`` with a registered solver.
+
+    Args:
+        score_fn: ``score_fn(x, t) -> ∇ log p_t(x)``, ``x: (B, *D)``, ``t: (B,)`` (a trained ``ScoreModel``, the
+            analytic ``GaussianMixture.score_fn(sde)``, or any callable).
+        sde: the forward SDE the score belongs to.
+        shape: ``(B, *D)``.
+        solver: a name from ``scoresde.solvers.SOLVERS`` or a :class:`Solver` instance.
+        steps: number of solver steps.
+        generator: source of every random draw (prior and solver noise); ``None`` uses a fresh unseeded one.
+        x_init: start from this ``x_T: (B, *D)`` instead of a prior draw.
+        t_end: end time (default ``sde.sampling_eps``: 1e-3 for VP/sub-VP, 1e-5 for VE).
+        grid: time grid name (see ``scoresde.solvers.TIME_GRIDS``).
+        denoise: finish with Tweedie's denoising step ``x ← (x + sigma² s(x, t_end)) / alpha`` (one more NFE).
+        callback: called after every step as ``callback(i, t_next, state)``.
+        return_trajectory: keep every intermediate state (on the CPU).
+        progress: show a progress bar.
+        device, dtype: where and in what precision to sample.
+        **solver_options: options of the named solver.
+
+    Returns:
+        :class:`SampleResult` with ``x``, the counted ``nfe`` and optionally the trajectory.
+    """
+    solver = get_solver(solver, **solver_options)
+    solver.check(sde)
+    shape = _check_shape(shape)
+    t_end = sde.sampling_eps if t_end is None else float(t_end)
+    ts = get_timesteps(grid, sde.T, t_end, steps)
+    if generator is None:
+        generator = torch.Generator(device=device or "cpu")
+        generator.seed()
+    device = torch.device(device) if device is not None else generator.device
+    if generator.device.type != device.type:
+        raise ValueError(f"the generator is on {generator.device} but sampling runs on {device}; create it there")
+    if x_init is None:
+        x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+    else:
+        if tuple(x_init.shape) != shape:
+            raise ValueError(f"x_init has shape {tuple(x_init.shape)} but shape={shape}")
+        x = x_init.to(device=device, dtype=dtype)
+
+    counted = CountingScore(score_fn)
+    trajectory: list[Tensor] | None = [x.cpu()] if return_trajectory else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=f"sampling ({solver.name})", unit="step")
+
+    def on_step(i: int, t_next: float, state: State) -> None:
+        if trajectory is not None:
+            trajectory.append(state.x.cpu())
+        if bar is not None:
+            bar.update(1)
+        if callback is not None:
+            callback(i, t_next, state)
+
+    def noise(like: Tensor) -> Tensor:
+        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    with torch.no_grad():
+        try:
+            x = solver.solve(counted, sde, x, ts, noise, on_step)
+        finally:
+            if bar is not None:
+                bar.close()
+        if denoise:
+            t = torch.full((shape[0],), t_end, dtype=torch.float64, device=device)
+            alpha, sigma = (append_dims(c(t), x.ndim).to(x.dtype) for c in (sde.alpha, sde.sigma))
+            x = (x + sigma**2 * counted(x, t)) / alpha
+    return SampleResult(x=x, nfe=counted.nfe, trajectory=trajectory)

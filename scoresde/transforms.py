@@ -1,0 +1,86 @@
+"""The map from raw data to the model's space, recorded so that bits/dim offsets follow from it.
+
+Discrete data with ``levels = L`` values per dim (``L = 256`` for 8-bit images, 17 for scikit-learn's digits):
+``y = (raw + u) / L`` with ``u ~ U[0, 1)`` (uniform dequantization; ``u = ½`` without it), then ``z = scale·y + shift``.
+Continuous data (``levels = None``): ``z = scale·raw + shift``.
+
+A density ``p_z`` on model space gives, per dimension, ``bpd = -log2 p_z(z) / D + offset`` with
+``offset = log2(L) - log2(scale)`` for dequantized discrete data (8-bit to ``[-1, 1]``: ``8 - 1 = 7``) and
+``offset = -log2(scale)`` for continuous data (the change of variables back to raw units).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["DataTransform"]
+
+
+@dataclass(frozen=True)
+class DataTransform:
+    """Raw data ↔ model space, ``z = scale · y + shift`` (see module docstring).
+
+    Args:
+        levels: number of discrete values per dim (raw values are integers ``0 … levels-1``); ``None`` for continuous.
+        scale, shift: the affine map to model space (``2, -1`` maps ``[0, 1]`` to ``[-1, 1]``).
+        dequantize: add ``u ~ U[0, 1)`` to discrete values (otherwise ``u = ½``, the bin centre).
+    """
+
+    levels: int | None = None
+    scale: float = 1.0
+    shift: float = 0.0
+    dequantize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.levels is not None and (isinstance(self.levels, bool) or int(self.levels) != self.levels or self.levels < 2):
+            raise ValueError(f"levels must be an integer >= 2 (or None for continuous data), got {self.levels!r}")
+        if not self.scale > 0:
+            raise ValueError(f"scale must be > 0, got {self.scale!r}")
+
+    @classmethod
+    def identity(cls) -> "DataTransform":
+        """Continuous data used as is (offset 0)."""
+        return cls()
+
+    @classmethod
+    def discrete(cls, levels: int, low: float = -1.0, high: float = 1.0, dequantize: bool = True) -> "DataTransform":
+        """Discrete data with ``levels`` values mapped onto ``[low, high]``."""
+        if not high > low:
+            raise ValueError(f"need high > low, got low={low}, high={high}")
+        return cls(levels=levels, scale=high - low, shift=low, dequantize=dequantize)
+
+    @property
+    def bpd_offset(self) -> float:
+        """What to add to ``-log2 p_z / D`` to get bits/dim of the raw data (see module docstring)."""
+        return (math.log2(self.levels) if self.levels is not None else 0.0) - math.log2(self.scale)
+
+    def forward(self, raw: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Raw data → model space (float32 unless ``raw`` is float64)."""
+        dtype = raw.dtype if raw.dtype == torch.float64 else torch.float32
+        y = raw.to(dtype)
+        if self.levels is not None:
+            if bool((y < 0).any()) or bool((y > self.levels - 1).any()):
+                raise ValueError(
+                    f"discrete data must hold integers in [0, {self.levels - 1}], got values in "
+                    f"[{float(y.min()):g}, {float(y.max()):g}]; set levels to match your data"
+                )
+            u = torch.rand(y.shape, generator=generator, dtype=dtype, device=y.device) if self.dequantize else 0.5
+            y = (y + u) / self.levels
+        return self.scale * y + self.shift
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """Model space → raw data (discrete: nearest level, clamped, as integers)."""
+        y = (z - self.shift) / self.scale
+        if self.levels is None:
+            return y
+        raw = torch.floor(y * self.levels).clamp(0, self.levels - 1)
+        return raw.to(torch.uint8 if self.levels <= 256 else torch.int64)
+
+    def to_unit(self, z: Tensor) -> Tensor:
+        """Model space → ``[0, 1]`` for display (discrete data only; continuous data is returned unscaled)."""
+        y = (z - self.shift) / self.scale
+        return y.clamp(0, 1) if self.levels is not None else y
