@@ -1,0 +1,9 @@
+"""The Lightning layer: training module, DataModules, callbacks and the CLI. Importing it imports Lightning."""
+
+from .callbacks import SampleReport as SampleReport
+from .data import DigitsDataModule as DigitsDataModule
+from .data import ImageFolderDataModule as ImageFolderDataModule
+from .data import NpzDataModule as NpzDataModule
+from .data import TensorDataModule as TensorDataModule
+from .data import ToyDataModule as ToyDataModule
+from .module import ScoreModule as ScoreModule

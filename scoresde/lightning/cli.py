@@ -1,0 +1,58 @@
+"""The ``scoresde`` command: LightningCLI over :class:`ScoreModule` and any DataModule.
+
+    scoresde fit --config experiments/toy_vp.yaml
+    scoresde fit --config experiments/digits_vp.yaml --trainer.max_epochs 50
+    scoresde fit --help
+
+The DataModule's ``data_shape`` and ``transform`` are linked into the model. Logging goes to Weights & Biases in
+offline mode unless the config says otherwise (``wandb sync`` uploads later).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from .module import ScoreModule
+
+__all__ = ["ScoreCLI", "cli", "main"]
+
+WANDB_OFFLINE = {
+    "class_path": "lightning.pytorch.loggers.WandbLogger",
+    "init_args": {"project": "scoresde", "offline": True},
+}
+
+
+class ScoreCLI(LightningCLI):
+    """LightningCLI with the DataModule's shape and transform linked into the model."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.data_shape", "model.data_shape", apply_on="instantiate")
+        parser.link_arguments("data.transform", "model.transform", apply_on="instantiate")
+
+
+def cli(args: Sequence[str] | None = None, run: bool = True) -> ScoreCLI:
+    """Build (and by default run) the CLI; ``args=None`` reads ``sys.argv``. Returns the ``ScoreCLI`` object."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return ScoreCLI(
+        ScoreModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        args=list(args) if args is not None else None,
+        run=run,
+        trainer_defaults={"logger": WANDB_OFFLINE},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the ``scoresde`` console script."""
+    cli(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

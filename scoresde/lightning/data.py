@@ -1,0 +1,338 @@
+"""DataModules: 2-D toy sets (exact densities where they exist), scikit-learn's 8×8 digits, ``.npz`` files and image
+folders. Nothing is downloaded. Each exposes ``data_shape`` and ``transform`` (linked into the model by the CLI); raw
+data stay in their own units and are mapped to model space (dequantized, rescaled) on the device, batch by batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..analytic import GaussianMixture
+from ..transforms import DataTransform
+
+__all__ = ["TensorDataModule", "ToyDataModule", "DigitsDataModule", "NpzDataModule", "ImageFolderDataModule", "TOY_DATASETS"]
+
+
+class _Rows(Dataset):
+    """A tensor whose batches are gathered in one indexing op (``__getitems__``) rather than row by row."""
+
+    def __init__(self, data: Tensor) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.data[i]
+
+    def __getitems__(self, idx: list[int]) -> Tensor:
+        return self.data[idx]
+
+
+def _identity(batch: Tensor) -> Tensor:
+    return batch
+
+
+def _split(n: int, val: int, test: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val + test :], perm[:val], perm[val : val + test]
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Serves raw ``train``/``val``/``test`` tensors ``(N, *D)`` and maps each batch to model space with ``transform``.
+
+    Subclasses fill ``self.train_raw``, ``self.val_raw``, ``self.test_raw`` and ``self.transform`` in ``__init__``, so
+    that ``data_shape`` is known as soon as the DataModule exists (and bad paths or shapes fail at once).
+    """
+
+    train_raw: Tensor
+    val_raw: Tensor
+    test_raw: Tensor
+    transform: DataTransform
+
+    def __init__(self, batch_size: int = 128, num_workers: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one data point, e.g. ``(2,)`` or ``(1, 8, 8)``."""
+        return tuple(self.train_raw.shape[1:])
+
+    def _loader(self, data: Tensor, train: bool) -> DataLoader:
+        if len(data) == 0:
+            raise ValueError("this split is empty; give it a positive size")
+        return DataLoader(
+            _Rows(data),
+            batch_size=min(self.batch_size, len(data)),
+            shuffle=train,
+            drop_last=train and len(data) >= self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=_identity,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_raw, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_raw, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_raw, False)
+
+    def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
+        return self.transform.forward(batch)
+
+    def real_examples(self, n: int) -> Tensor:
+        """``n`` validation points in model space (for pictures next to samples)."""
+        return self.transform.forward(self.val_raw[:n], generator=torch.Generator().manual_seed(0))
+
+
+# ---- 2-D toy sets ------------------------------------------------------------------------------------------------
+def _moons(n: int, g: torch.Generator, noise: float = 0.05) -> Tensor:
+    upper = torch.rand(n, generator=g) < 0.5
+    a = math.pi * torch.rand(n, generator=g)
+    x = torch.where(upper, a.cos(), 1 - a.cos())
+    y = torch.where(upper, a.sin(), 0.5 - a.sin())
+    pts = torch.stack([x - 0.5, y - 0.25], 1) * 1.6
+    return pts + noise * torch.randn(n, 2, generator=g)
+
+
+def _swiss_roll(n: int, g: torch.Generator, noise: float = 0.3) -> Tensor:
+    s = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))
+    pts = torch.stack([s * s.cos(), s * s.sin()], 1)
+    return (pts + noise * torch.randn(n, 2, generator=g)) / 5.0
+
+
+def _checkerboard(n: int, g: torch.Generator) -> Tensor:
+    # Uniform on the 8 dark squares of a 4×4 board over [-2, 2]²
+    x = 4 * torch.rand(n, generator=g) - 2
+    col = torch.floor(x + 2)
+    row = 2 * torch.randint(0, 2, (n,), generator=g) + (col % 2)
+    y = row - 2 + torch.rand(n, generator=g)
+    return torch.stack([x, y], 1)
+
+
+TOY_DATASETS = ("ring", "moons", "swiss_roll", "checkerboard", "mixture")
+
+
+class ToyDataModule(TensorDataModule):
+    """Two-dimensional toy data, regenerated identically from ``seed``.
+
+    Args:
+        name: ``"ring"`` (8 Gaussians on a circle; exact density known), ``"moons"``, ``"swiss_roll"``,
+            ``"checkerboard"``, or ``"mixture"`` (samples of ``mixture``; exact density known).
+        mixture: a :class:`~scoresde.GaussianMixture` for ``name="mixture"`` (any dimension).
+        n_train, n_val, n_test: split sizes.
+        batch_size: training batch size.
+        seed: seed of the data draw.
+    """
+
+    def __init__(
+        self,
+        name: Literal["ring", "moons", "swiss_roll", "checkerboard", "mixture"] = "ring",
+        mixture: GaussianMixture | None = None,
+        n_train: int = 50_000,
+        n_val: int = 5_000,
+        n_test: int = 5_000,
+        batch_size: int = 512,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        if name not in TOY_DATASETS:
+            raise ValueError(f"unknown toy dataset {name!r}; available: {', '.join(TOY_DATASETS)}")
+        if name == "mixture" and mixture is None:
+            raise ValueError("name='mixture' needs a GaussianMixture in `mixture`")
+        if name != "mixture" and mixture is not None:
+            raise ValueError(f"`mixture` is only used with name='mixture' (got name={name!r})")
+        if min(n_train, n_val, n_test) < 1:
+            raise ValueError(f"split sizes must be positive, got n_train={n_train}, n_val={n_val}, n_test={n_test}")
+        self.name = name
+        self.target: GaussianMixture | None = GaussianMixture.ring() if name == "ring" else mixture
+        g = torch.Generator().manual_seed(seed)
+        n = n_train + n_val + n_test
+        if self.target is not None:
+            data = self.target.sample(n, generator=g)
+        else:
+            data = {"moons": _moons, "swiss_roll": _swiss_roll, "checkerboard": _checkerboard}[name](n, g).float()
+        self.train_raw, self.val_raw, self.test_raw = data[:n_train], data[n_train : n_train + n_val], data[n_train + n_val :]
+        self.transform = DataTransform.identity()
+
+
+# ---- images ------------------------------------------------------------------------------------------------------
+class _ImageDataModule(TensorDataModule):
+    """Discrete-valued images ``(N, C, H, W)`` with fixed validation/test splits and a recorded transform."""
+
+    def _setup_images(
+        self, images: Tensor, levels: int, val: int, test: int, seed: int, low: float, high: float, dequantize: bool
+    ) -> None:
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+        if val + test >= len(images):
+            raise ValueError(f"val + test sizes ({val} + {test}) must leave training data out of {len(images)} images")
+        tr, va, te = _split(len(images), val, test, seed)
+        self.train_raw, self.val_raw, self.test_raw = images[tr], images[va], images[te]
+        self.transform = DataTransform.discrete(levels, low, high, dequantize)
+
+
+class DigitsDataModule(_ImageDataModule):
+    """scikit-learn's bundled 8×8 handwritten digits (1,797 images, 17 grey levels 0…16), shape ``(1, 8, 8)``.
+
+    Fixed splits (seed 0 by default): 1,350 train, 150 validation, 297 test. Pixels are uniformly dequantized and
+    mapped to ``[low, high]``; the transform is recorded so bits/dim offsets follow from it (``log2 17 - log2 2``).
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        n_val: int = 150,
+        n_test: int = 297,
+        split_seed: int = 0,
+        low: float = -1.0,
+        high: float = 1.0,
+        dequantize: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        from sklearn.datasets import load_digits
+
+        images = torch.from_numpy(load_digits().images.astype(np.uint8)).unsqueeze(1)
+        self._setup_images(images, 17, n_val, n_test, split_seed, low, high, dequantize)
+
+
+def _nchw(arr: np.ndarray) -> np.ndarray:
+    """Images to (N, C, H, W): (N, H, W) gains a channel; (N, H, W, C) with C in 1/3/4 is transposed."""
+    if arr.ndim == 3:
+        return arr[:, None]
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+        return arr.transpose(0, 3, 1, 2)
+    return arr
+
+
+class NpzDataModule(TensorDataModule):
+    """Data from an ``.npz`` (or ``.npy``) file: an array ``(N, *D)``.
+
+    Integer arrays are treated as discrete (``levels`` defaults to 256 for ``uint8``) and dequantized into
+    ``[low, high]``; image arrays ``(N, H, W)``/``(N, H, W, C)`` become ``(N, C, H, W)``. Float arrays are continuous and
+    used as they are (``levels=None``).
+
+    Args:
+        path: the file.
+        key: array name inside an ``.npz`` (default: its only array, or ``"x"``/``"data"``/``"images"``).
+        levels: number of discrete values per entry (``None``: continuous for floats, 256 for ``uint8``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        key: str | None = None,
+        levels: int | None = None,
+        batch_size: int = 128,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        split_seed: int = 0,
+        low: float = -1.0,
+        high: float = 1.0,
+        dequantize: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        arr = self._load(Path(path), key)
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1; got {val_fraction}, {test_fraction}")
+        discrete = np.issubdtype(arr.dtype, np.integer) or levels is not None
+        if discrete and levels is None:
+            if arr.dtype != np.uint8:
+                raise ValueError(f"{path}: integer data of dtype {arr.dtype}: set `levels` (values per entry)")
+            levels = 256
+        if discrete:
+            arr = _nchw(arr)
+        n = len(arr)
+        val, test = max(1, int(round(val_fraction * n))), int(round(test_fraction * n))
+        data = torch.from_numpy(np.ascontiguousarray(arr))
+        data = data.to(torch.int64 if discrete else torch.float32)
+        if discrete:
+            transform = DataTransform.discrete(int(levels), low, high, dequantize)
+            transform.forward(data)  # range check of the raw values, before training starts
+        else:
+            transform = DataTransform.identity()
+        tr, va, te = _split(n, val, test, split_seed)
+        self.train_raw, self.val_raw, self.test_raw = data[tr], data[va], data[te]
+        self.transform = transform
+
+    @staticmethod
+    def _load(path: Path, key: str | None) -> np.ndarray:
+        if not path.is_file():
+            raise FileNotFoundError(f"data file not found: {path}")
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            arr = loaded
+        else:
+            names = list(loaded.keys())
+            if key is None:
+                key = names[0] if len(names) == 1 else next((k for k in ("x", "data", "images") if k in names), None)
+            if key not in names:
+                raise KeyError(f"{path} holds arrays {names}; choose one with key=...")
+            arr = loaded[key]
+        if arr.ndim < 2 or len(arr) < 3:
+            raise ValueError(f"{path}: expected an array (N, *D) with N >= 3, got shape {arr.shape}")
+        return arr
+
+
+class ImageFolderDataModule(_ImageDataModule):
+    """All images under ``root`` (png, jpg, jpeg, bmp, gif; searched recursively), 8-bit, of one common size.
+
+    Args:
+        root: the folder.
+        mode: ``"L"`` (grey, 1 channel) or ``"RGB"`` (3 channels).
+    """
+
+    EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+    def __init__(
+        self,
+        root: str,
+        mode: Literal["L", "RGB"] = "RGB",
+        batch_size: int = 128,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        split_seed: int = 0,
+        low: float = -1.0,
+        high: float = 1.0,
+        dequantize: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        from PIL import Image
+
+        if mode not in ("L", "RGB"):
+            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+        folder = Path(root)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"image folder not found: {folder}")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in self.EXTENSIONS)
+        if len(files) < 3:
+            raise ValueError(f"found {len(files)} images under {folder}; need at least 3 ({', '.join(self.EXTENSIONS)})")
+        arrays = []
+        for f in files:
+            with Image.open(f) as im:
+                arrays.append(np.asarray(im.convert(mode)))
+        sizes = {a.shape for a in arrays}
+        if len(sizes) > 1:
+            raise ValueError(f"images under {folder} have different sizes {sorted(sizes)}; resize them to one size first")
+        images = torch.from_numpy(_nchw(np.stack(arrays)).copy())
+        n = len(images)
+        val, test = max(1, int(round(val_fraction * n))), int(round(test_fraction * n))
+        self._setup_images(images, 256, val, test, split_seed, low, high, dequantize)

@@ -1,0 +1,154 @@
+"""``ScoreModule``: denoising score matching as a LightningModule. Injection plus thin steps; the math lives in the core."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch import Tensor, nn
+
+from ..losses import DSMLoss
+from ..parametrization import ScoreModel
+from ..sample import SampleResult, sample
+from ..sde import SDE
+from ..transforms import DataTransform
+
+__all__ = ["ScoreModule"]
+
+
+class ScoreModule(L.LightningModule):
+    """Trains ``net`` so that ``ScoreModel(net, sde, prediction)`` matches the score of the diffused data.
+
+    Args:
+        net: time-conditioned network ``net(x, c_noise)`` (e.g. ``scoresde.nets.MLP`` or ``UNet``).
+        sde: the forward SDE (``VPSDE``, ``SubVPSDE``, ``VESDE``).
+        loss: denoising score-matching loss (default ``DSMLoss()``: ``sigma²`` weighting, ``t ~ U(1e-5, 1)``, mean).
+        prediction: what the network predicts: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
+        time_input: network time input, ``"auto"`` (the SDE's reference convention), ``"t"`` or ``"log_sigma"``.
+        lr: Adam learning rate (2e-4 as in the reference configs).
+        betas, eps, weight_decay: Adam settings.
+        warmup_steps: linear learning-rate warm-up over this many optimizer steps (5000 in the reference).
+        ema_decay: decay of the exponential moving average of the weights (Lightning's ``EMAWeightAveraging``); the EMA
+            weights are used for validation and sampling and are what the checkpoint's ``state_dict`` holds.
+            ``None`` disables it.
+        sampler: solver name used by :meth:`sample` (and sample callbacks).
+        sample_steps: default number of solver steps.
+        data_shape: shape of one data point, linked from the DataModule by the CLI.
+        transform: raw-data → model-space transform, linked from the DataModule (kept for bits/dim and decoding).
+
+    Gradient clipping is the Trainer's job (``gradient_clip_val: 1.0`` in the experiments).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sde: SDE,
+        loss: DSMLoss | None = None,
+        prediction: Literal["eps", "x0", "v", "score"] = "eps",
+        time_input: Literal["auto", "t", "log_sigma"] = "auto",
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 5000,
+        ema_decay: float | None = 0.9999,
+        sampler: str = "euler_maruyama",
+        sample_steps: int = 500,
+        data_shape: Sequence[int] | None = None,
+        transform: DataTransform | None = None,
+    ) -> None:
+        super().__init__()
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in (0, 1) (or be null to disable EMA), got {ema_decay}")
+        if sample_steps < 1:
+            raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
+        self.save_hyperparameters()
+        # The network's weights are saved in the state dict; keep module objects out of the hyperparameters.
+        self.remove_ignored_hparams([k for k, v in self.hparams.items() if isinstance(v, nn.Module)])
+        self.score_model = ScoreModel(net, sde, prediction=prediction, time_input=time_input)
+        self.sde, self.loss = sde, loss if loss is not None else DSMLoss()
+        self.data_shape = tuple(int(s) for s in data_shape) if data_shape is not None else None
+        self.transform = transform if transform is not None else DataTransform.identity()
+
+    @property
+    def net(self) -> nn.Module:
+        return self.score_model.net
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """The score ``s_theta(x, t)``: ``(B, *D)``."""
+        return self.score_model(x, t)
+
+    # ---- training ----------------------------------------------------------------------------------------------
+    def _check_batch(self, x: Tensor) -> None:
+        if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"batch has data shape {tuple(x.shape[1:])} but the model was set up for {self.data_shape}")
+
+    def _shared_step(self, batch: Tensor, stage: str, generator: torch.Generator | None = None) -> Tensor:
+        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self._check_batch(x0)
+        loss = self.loss(self.score_model, self.sde, x0, generator=generator)
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=stage != "train", batch_size=x0.shape[0], sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        # A fixed generator per batch makes validation losses comparable across epochs.
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        return self._shared_step(batch, "val", g)
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        return self._shared_step(batch, "test", g)
+
+    def configure_optimizers(self) -> Any:
+        h = self.hparams
+        opt = torch.optim.Adam(self.parameters(), lr=h.lr, betas=tuple(h.betas), eps=h.eps, weight_decay=h.weight_decay)
+        warmup = max(int(h.warmup_steps), 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        if self.hparams.ema_decay is None:
+            return []
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
+
+    # ---- sampling ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        solver: str | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> SampleResult:
+        """Draw ``n`` samples in model space with the current weights (the EMA weights after training)."""
+        if self.data_shape is None:
+            raise ValueError("data_shape is unknown: pass data_shape=... (the CLI links it from the DataModule)")
+        was_training = self.training
+        self.eval()
+        try:
+            return sample(
+                self.score_model,
+                self.sde,
+                (n, *self.data_shape),
+                solver=solver or self.hparams.sampler,
+                steps=steps or self.hparams.sample_steps,
+                generator=generator,
+                device=self.device,
+                progress=progress,
+                **options,
+            )
+        finally:
+            self.train(was_training)
