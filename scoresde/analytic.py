@@ -179,7 +179,7 @@ class GaussianMixture:
         """Exact ``∇_x log p_t(x) = -Σ_k r_k C_k(t)⁻¹ (x - alpha_t mu_k)``: ``(B, *shape)``."""
         log_joint, y, var, _, U = self._terms(x, t, sde)
         r = torch.softmax(log_joint, dim=1)  # responsibilities p(k | x_t)
-        s = -torch.einsum("bk,kdj,bkj->bd", r, U, y / var)
+        s = -torch.einsum("kdj,bkj->bd", U, r[..., None] * (y / var))
         return s.reshape(x.shape)
 
     def denoise(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
@@ -188,7 +188,7 @@ class GaussianMixture:
         _, mu, lam, _ = self._params(y)
         r = torch.softmax(log_joint, dim=1)
         shrink = alpha[:, None, None] * lam[None] / var
-        x0 = torch.einsum("bk,kd->bd", r, mu) + torch.einsum("bk,kdj,bkj->bd", r, U, shrink * y)
+        x0 = torch.einsum("bk,kd->bd", r, mu) + torch.einsum("kdj,bkj->bd", U, r[..., None] * (shrink * y))
         return x0.reshape(x.shape)
 
     def score_fn(self, sde: SDE) -> ScoreFn:

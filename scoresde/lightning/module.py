@@ -14,6 +14,7 @@ from ..losses import DSMLoss
 from ..parametrization import ScoreModel
 from ..sample import SampleResult, sample
 from ..sde import SDE
+from ..solvers import get_solver
 from ..transforms import DataTransform
 
 __all__ = ["ScoreModule"]
@@ -69,6 +70,7 @@ class ScoreModule(L.LightningModule):
             raise ValueError(f"ema_decay must lie in (0, 1) (or be null to disable EMA), got {ema_decay}")
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
+        get_solver(sampler)  # an unknown name fails now, listing the registered ones
         self.save_hyperparameters()
         # The network's weights are saved in the state dict; keep module objects out of the hyperparameters.
         self.remove_ignored_hparams([k for k, v in self.hparams.items() if isinstance(v, nn.Module)])

@@ -1,0 +1,49 @@
+"""The CLI runs every experiment in-process, and bad configs fail with a message that says what is wrong."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scoresde.lightning.cli import cli
+
+EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_every_experiment_runs_fast_dev_run(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = cli(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"])
+    assert c.trainer.global_step == 1
+    assert c.model.data_shape == c.datamodule.data_shape
+    assert c.model.transform == c.datamodule.transform
+
+
+def test_fit_writes_picture_and_summary(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = next(p for p in EXPERIMENTS if p.stem == "toy_vp")
+    cli(["fit", "--config", str(config), "--trainer.max_steps", "20", "--trainer.enable_progress_bar", "false",
+         "--model.sample_steps", "20"])
+    out = tmp_path / "runs" / "toy_vp"
+    assert (out / "samples.png").stat().st_size > 10_000
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 20 and summary["score_rel_error"] > 0 and summary["frechet_floor"] > 0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--model.sde.init_args.beta_min", "30"], "beta_min < beta_max"),
+        (["--model.sampler", "not_a_solver"], "available: euler_maruyama"),
+        (["--model.loss.init_args.weighting", "snr"], "weighting"),
+        (["--data.init_args.name", "spiral"], "name"),
+    ],
+)
+def test_bad_config_values_are_explained(override, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = next(p for p in EXPERIMENTS if p.stem == "toy_vp")
+    with pytest.raises((SystemExit, ValueError)) as err:
+        cli(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", *override])
+    shown = str(err.value) + capsys.readouterr().err
+    assert message in shown, shown
