@@ -66,7 +66,7 @@ def plot_2d(
     if target is not None:
         gx, gy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
         grid = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1))
-        background = target.log_prob(grid).exp().reshape(gx.shape).numpy()
+        background = target.log_prob(grid).exp().sqrt().reshape(gx.shape).numpy()  # sqrt: tails stay visible
     for ax, pts, name in ((axes[0], d, "data"), (axes[1], s, "samples")):
         if background is not None:
             ax.imshow(background, extent=(x0, x1, y0, y1), origin="lower", cmap="Blues", aspect="auto")

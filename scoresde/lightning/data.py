@@ -41,6 +41,13 @@ def _identity(batch: Tensor) -> Tensor:
     return batch
 
 
+def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Validation and test sizes from fractions of ``n`` (at least one validation item)."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1; got {val_fraction}, {test_fraction}")
+    return max(1, int(round(val_fraction * n))), int(round(test_fraction * n))
+
+
 def _split(n: int, val: int, test: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[val + test :], perm[:val], perm[val : val + test]
@@ -250,8 +257,7 @@ class NpzDataModule(TensorDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers)
         arr = self._load(Path(path), key)
-        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1; got {val_fraction}, {test_fraction}")
+        val, test = _split_sizes(len(arr), val_fraction, test_fraction)
         discrete = np.issubdtype(arr.dtype, np.integer) or levels is not None
         if discrete and levels is None:
             if arr.dtype != np.uint8:
@@ -259,8 +265,6 @@ class NpzDataModule(TensorDataModule):
             levels = 256
         if discrete:
             arr = _nchw(arr)
-        n = len(arr)
-        val, test = max(1, int(round(val_fraction * n))), int(round(test_fraction * n))
         data = torch.from_numpy(np.ascontiguousarray(arr))
         data = data.to(torch.int64 if discrete else torch.float32)
         if discrete:
@@ -268,7 +272,7 @@ class NpzDataModule(TensorDataModule):
             transform.forward(data)  # range check of the raw values, before training starts
         else:
             transform = DataTransform.identity()
-        tr, va, te = _split(n, val, test, split_seed)
+        tr, va, te = _split(len(data), val, test, split_seed)
         self.train_raw, self.val_raw, self.test_raw = data[tr], data[va], data[te]
         self.transform = transform
 
@@ -333,6 +337,5 @@ class ImageFolderDataModule(_ImageDataModule):
         if len(sizes) > 1:
             raise ValueError(f"images under {folder} have different sizes {sorted(sizes)}; resize them to one size first")
         images = torch.from_numpy(_nchw(np.stack(arrays)).copy())
-        n = len(images)
-        val, test = max(1, int(round(val_fraction * n))), int(round(test_fraction * n))
+        val, test = _split_sizes(len(images), val_fraction, test_fraction)
         self._setup_images(images, 256, val, test, split_seed, low, high, dequantize)

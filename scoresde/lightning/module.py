@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from ..losses import DSMLoss
 from ..parametrization import ScoreModel
@@ -32,7 +33,7 @@ class ScoreModule(L.LightningModule):
         lr: Adam learning rate (2e-4 as in the reference configs).
         betas, eps, weight_decay: Adam settings.
         warmup_steps: linear learning-rate warm-up over this many optimizer steps (5000 in the reference).
-        ema_decay: decay of the exponential moving average of the weights (Lightning's ``EMAWeightAveraging``); the EMA
+        ema_decay: decay of the exponential moving average of the weights (Lightning's ``WeightAveraging``); the EMA
             weights are used for validation and sampling and are what the checkpoint's ``state_dict`` holds.
             ``None`` disables it.
         sampler: solver name used by :meth:`sample` (and sample callbacks).
@@ -96,7 +97,11 @@ class ScoreModule(L.LightningModule):
         x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
         self._check_batch(x0)
         loss = self.loss(self.score_model, self.sde, x0, generator=generator)
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=stage != "train", batch_size=x0.shape[0], sync_dist=stage != "train")
+        if stage != "train":
+            self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
+        elif self._trainer is None or self.global_step % self.trainer.log_every_n_steps == 0:
+            # only on the steps Lightning writes to the logger: logging costs ~1 ms, a sizeable share of a toy step
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0])
         return loss
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
@@ -121,7 +126,9 @@ class ScoreModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         if self.hparams.ema_decay is None:
             return []
-        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
+        # Lightning's weight-averaging callback (swaps the average in for validation, saves it as the checkpoint's
+        # state_dict) with PyTorch's fused foreach EMA: ~10x cheaper per step than the per-parameter update.
+        return [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(self.hparams.ema_decay))]
 
     # ---- sampling ----------------------------------------------------------------------------------------------
     @torch.no_grad()
