@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["append_dims", "batch_sum", "check_t", "check_batch", "as_time", "flat_dim"]
+__all__ = ["atomic_path", "append_dims", "batch_sum", "check_t", "check_batch", "as_time", "flat_dim"]
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
@@ -60,3 +64,19 @@ def as_time(t: float | Tensor, like: Tensor) -> Tensor:
         t = t.to(device=like.device, dtype=like.dtype)
         return t.expand(B) if t.ndim == 0 else t
     return torch.full((B,), float(t), device=like.device, dtype=like.dtype)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename, on failure it is removed,
+    so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

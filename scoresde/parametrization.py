@@ -70,30 +70,30 @@ class ScoreModel(nn.Module):
         """The network's own output at ``(x_t, t)``: ``(B, *D)``."""
         return self.net(x, noise_condition(self.sde, t, self.time_input).to(x.dtype))
 
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        """Predicted noise ``eps_hat = -sigma_t score``: ``(B, *D)``."""
-        out = self.raw(x, t)
+    def _eps_from(self, out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """Noise implied by a network output of this model's prediction type (the table in the module docstring)."""
         if self.prediction == "eps":
             return out
-        alpha, sigma = self._coeffs(x, t)
         if self.prediction == "x0":
             return (x - alpha * out) / sigma
         if self.prediction == "v":
             return (sigma * x + alpha * out) / (alpha**2 + sigma**2)
         return -sigma * out  # score
 
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        """Predicted noise ``eps_hat = -sigma_t score``: ``(B, *D)``."""
+        out = self.raw(x, t)
+        if self.prediction == "eps":
+            return out
+        return self._eps_from(out, x, *self._coeffs(x, t))
+
     def score(self, x: Tensor, t: Tensor) -> Tensor:
-        """Predicted score ``∇ log p_t(x)``: ``(B, *D)``."""
+        """Predicted score ``∇ log p_t(x) = -eps_hat / sigma_t``: ``(B, *D)``."""
         out = self.raw(x, t)
         if self.prediction == "score":
             return out
         alpha, sigma = self._coeffs(x, t)
-        if self.prediction == "eps":
-            return -out / sigma
-        if self.prediction == "x0":
-            return (alpha * out - x) / sigma**2
-        eps = (sigma * x + alpha * out) / (alpha**2 + sigma**2)  # v
-        return -eps / sigma
+        return -self._eps_from(out, x, alpha, sigma) / sigma
 
     def x0(self, x: Tensor, t: Tensor) -> Tensor:
         """Predicted ``E[x_0 | x_t]`` by Tweedie's formula, ``(x_t + sigma_t² score) / alpha_t``: ``(B, *D)``."""

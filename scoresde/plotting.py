@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ._utils import atomic_path
 from .analytic import GaussianMixture
 
 __all__ = ["plot_2d", "image_grid", "save_figure"]
@@ -27,16 +27,11 @@ def _pyplot():
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Save a matplotlib figure to ``path`` atomically (temporary file, then rename) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
         _pyplot().close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -93,9 +93,10 @@ class ScoreModule(L.LightningModule):
         if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"batch has data shape {tuple(x.shape[1:])} but the model was set up for {self.data_shape}")
 
-    def _shared_step(self, batch: Tensor, stage: str, generator: torch.Generator | None = None) -> Tensor:
+    def _shared_step(self, batch: Tensor, stage: str, seed: int | None = None) -> Tensor:
         x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
         self._check_batch(x0)
+        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         loss = self.loss(self.score_model, self.sde, x0, generator=generator)
         if stage != "train":
             self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
@@ -108,13 +109,11 @@ class ScoreModule(L.LightningModule):
         return self._shared_step(batch, "train")
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        # A fixed generator per batch makes validation losses comparable across epochs.
-        g = torch.Generator(device=self.device).manual_seed(batch_idx)
-        return self._shared_step(batch, "val", g)
+        # A fixed seed per batch makes validation (and test) losses comparable across epochs.
+        return self._shared_step(batch, "val", seed=batch_idx)
 
     def test_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        g = torch.Generator(device=self.device).manual_seed(batch_idx)
-        return self._shared_step(batch, "test", g)
+        return self._shared_step(batch, "test", seed=batch_idx)
 
     def configure_optimizers(self) -> Any:
         h = self.hparams
