@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ._typing import ScoreFn
 from ._utils import append_dims
+from .noise import PerSampleNoise
 from .sde import SDE
 from .solvers import Solver, State, get_solver, get_timesteps
 from .solvers.base import StepCallback
@@ -66,6 +67,7 @@ def sample(
     solver: str | Solver = "euler_maruyama",
     steps: int = 1000,
     generator: torch.Generator | None = None,
+    seeds: Tensor | Sequence[int] | None = None,
     x_init: Tensor | None = None,
     t_end: float | None = None,
     grid: str = "uniform",
@@ -86,10 +88,16 @@ def sample(
         shape: ``(B, *D)``.
         solver: a name from ``scoresde.solvers.SOLVERS`` or a :class:`Solver` instance.
         steps: number of solver steps.
-        generator: source of every random draw (prior and solver noise); ``None`` uses a fresh unseeded one.
+        generator: source of the per-sample seeds (``None``: a fresh unseeded one). Seeds are drawn as
+            ``torch.randint(2**62, (B,), generator=generator)``; on the CPU a batch's seeds are the first ``B`` of a
+            larger batch's, so the same generator state gives the same first samples whatever the batch size.
+        seeds: ``(B,)`` integer seeds, one per sample, instead of ``generator`` (``scoresde.noise.derive_seeds``
+            gives seeds from a run seed and sample indices, as ``scoresde sample`` uses). Every random draw of a
+            sample (its prior draw and its solver noise) comes from its own stream, so it does not depend on the
+            batch it is drawn in (solvers with ``per_sample_noise = False``, the torchsde ones, excepted).
         x_init: start from this ``x_T: (B, *D)`` instead of a prior draw.
         t_end: end time (default ``sde.sampling_eps``: 1e-3 for VP/sub-VP, 1e-5 for VE).
-        grid: time grid name (see ``scoresde.solvers.TIME_GRIDS``).
+        grid: time grid name (see ``scoresde.solvers.TIME_GRIDS``): ``uniform``, ``quadratic``, ``log_snr``, ``karras``.
         denoise: finish with Tweedie's denoising step ``x ← (x + sigma² s(x, t_end)) / alpha`` (one more NFE).
         callback: called after every step as ``callback(i, t_next, state)``.
         return_trajectory: keep every intermediate state (on the CPU).
@@ -104,15 +112,25 @@ def sample(
     solver.check(sde)
     shape = _check_shape(shape)
     t_end = sde.sampling_eps if t_end is None else float(t_end)
-    ts = get_timesteps(grid, sde.T, t_end, steps)
-    if generator is None:
-        generator = torch.Generator(device=device or "cpu")
-        generator.seed()
-    device = torch.device(device) if device is not None else generator.device
-    if generator.device.type != device.type:
-        raise ValueError(f"the generator is on {generator.device} but sampling runs on {device}; create it there")
+    ts = get_timesteps(grid, sde, t_end, steps)
+    if seeds is not None and generator is not None:
+        raise ValueError("pass either generator or seeds, not both")
+    if generator is not None:
+        device = torch.device(device) if device is not None else generator.device
+        if generator.device.type != device.type:
+            raise ValueError(f"the generator is on {generator.device} but sampling runs on {device}; create it there")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if seeds is None:
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.seed()
+        seeds = torch.randint(2**62, (shape[0],), generator=generator, device=generator.device)
+    seeds = torch.as_tensor(seeds, device=device)
+    if seeds.shape != (shape[0],):
+        raise ValueError(f"seeds must hold one integer per sample, shape ({shape[0]},), got {tuple(seeds.shape)}")
+    noise = PerSampleNoise(seeds)
     if x_init is None:
-        x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+        x = sde.prior_std * noise(torch.empty(shape, device=device, dtype=dtype))
     else:
         if tuple(x_init.shape) != shape:
             raise ValueError(f"x_init has shape {tuple(x_init.shape)} but shape={shape}")
@@ -134,12 +152,10 @@ def sample(
         if callback is not None:
             callback(i, t_next, state)
 
-    def noise(like: Tensor) -> Tensor:
-        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-
+    observe = trajectory is not None or bar is not None or callback is not None
     with torch.no_grad():
         try:
-            x = solver.solve(counted, sde, x, ts, noise, on_step)
+            x = solver.solve(counted, sde, x, ts, noise, on_step if observe else None)
         finally:
             if bar is not None:
                 bar.close()

@@ -1,14 +1,20 @@
 """The solver registry and Euler–Maruyama against exact answers, with the analytic score as the network."""
 
 from dataclasses import dataclass
-from statistics import median
+
+import numpy as np
+from scipy import stats
+import functools
+from statistics import mean
 
 import pytest
 import torch
 
 import scoresde.solvers as solvers
+from tests.conftest import all_sdes
 from scoresde import VESDE, VPSDE, GaussianMixture, SubVPSDE, sample
 from scoresde.metrics import frechet_gaussian, mode_mass_error
+from scoresde.noise import PerSampleNoise, derive_seeds, splitmix64
 from scoresde.solvers import EulerMaruyama, Solver, SolverSDEIncompatible, State, get_solver, register_solver
 
 N = 4000
@@ -25,32 +31,155 @@ CASES = {
 }
 
 
-def _floors(gm, n=N, reps=5):
+@functools.cache
+def _floors(gm, n=N, reps=20):
+    """Noise floors: the mean of each metric over ``reps`` sets of ``n`` exact samples (the metrics are heavy-tailed:
+    for 4000 samples of the ring the 90th percentile of the Fréchet distance is 2.5× its median)."""
     exact = [gm.sample(n, generator=torch.Generator().manual_seed(100 + s)) for s in range(reps)]
-    return median(frechet_gaussian(x, gm.mean, gm.cov) for x in exact), median(mode_mass_error(x, gm) for x in exact)
+    return mean(frechet_gaussian(x, gm.mean, gm.cov) for x in exact), mean(mode_mass_error(x, gm) for x in exact)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_euler_maruyama_reaches_the_noise_floor(case):
-    gm, sde = CASES[case]
-    res = sample(gm.score_fn(sde), sde, (N, *gm.shape), steps=200, generator=torch.Generator().manual_seed(0))
-    assert res.x.shape == (N, *gm.shape) and res.nfe == 200
+# name, options, steps, grid: the "generous" setting at which each solver must sit at the noise floor.
+GENEROUS = {
+    "euler_maruyama": ("euler_maruyama", {}, 200, "uniform"),
+    "reverse_diffusion": ("reverse_diffusion", {}, 200, "uniform"),
+    "ancestral": ("ancestral", {}, 200, "uniform"),
+    "ancestral-large": ("ancestral", {"variance": "large"}, 200, "uniform"),
+    "srk": ("srk", {}, 100, "uniform"),
+    "milstein": ("milstein", {}, 200, "uniform"),
+    "torchsde-midpoint": ("torchsde", {"method": "midpoint"}, 100, "uniform"),
+    "pc-annealed": ("pc", {"corrector": "annealed_langevin"}, 100, "uniform"),
+    "pc-langevin": ("pc", {}, 100, "uniform"),
+    "ode-dopri5": ("ode", {}, 1, "uniform"),
+    "ode-rk4": ("ode", {"method": "rk4"}, 20, "log_snr"),
+    "ddim": ("ddim", {}, 100, "log_snr"),
+    "ddim-eta1": ("ddim", {"eta": 1.0}, 200, "uniform"),
+    "dpm_solver": ("dpm_solver", {}, 15, "log_snr"),
+    "dpm_solver_pp": ("dpm_solver_pp", {}, 40, "log_snr"),
+    "dpm_solver_pp-3m": ("dpm_solver_pp", {"order": 3}, 30, "log_snr"),
+    "heun": ("heun", {}, 30, "karras"),
+    "heun-churn": ("heun", {"S_churn": 5.0}, 100, "karras"),
+}
+# Per-sample Langevin step sizes (r ||z|| / ||s||)² are heavy-tailed in 2-D, where ||s|| is near 0 at the modes;
+# the corrector is meant for high-dimensional data (see docs/solvers.md), so it is checked on the 64-D target only.
+SKIP = {("pc-langevin", "ring")}
+MATRIX = [
+    pytest.param(c, k, id=f"{c}-{k}", marks=[pytest.mark.slow] if k in ("img64-subvp", "img64-ve") else [])
+    for c in GENEROUS
+    for k in CASES
+    if (c, k.split("-")[0]) not in SKIP
+]
+
+
+def _run(gm, sde, config, n=N, seed=0, **kw):
+    name, opts, steps, grid = GENEROUS[config]
+    kw = {"steps": steps, "grid": grid, **kw}
+    return sample(gm.score_fn(sde), sde, (n, *gm.shape), solver=name, generator=torch.Generator().manual_seed(seed), **opts, **kw)
+
+
+def _assert_at_floor(x, gm):
+    """Within 4× the mean noise floor: the 99th percentile of exact samples' Fréchet distance is 3.1× its mean
+    (ring, 100 sets of 4000), so an exact sampler fails this about once in a hundred seeds, a biased one always."""
     fd_floor, mm_floor = _floors(gm)
-    fd, mm = frechet_gaussian(res.x, gm.mean, gm.cov), mode_mass_error(res.x, gm)
-    assert fd < 3 * fd_floor, (fd, fd_floor)
+    fd, mm = frechet_gaussian(x, gm.mean, gm.cov), mode_mass_error(x, gm)
+    assert fd < 4 * fd_floor, (fd, fd_floor)
     assert mm < 3 * mm_floor + 0.01, (mm, mm_floor)
 
 
-def test_euler_maruyama_error_shrinks_with_steps():
-    gm, sde = CASES["img64-vp"]
-    fd = {
-        steps: frechet_gaussian(
-            sample(gm.score_fn(sde), sde, (N, 1, 8, 8), steps=steps, generator=torch.Generator().manual_seed(0)).x, gm.mean, gm.cov
-        )
-        for steps in (5, 20, 200)
-    }
-    assert fd[5] > 3 * fd[20] > 3 * fd[200] * 0.3, fd
-    assert fd[5] > 20 * fd[200], fd
+@pytest.mark.parametrize(("config", "case"), MATRIX)
+def test_every_solver_reaches_the_noise_floor(config, case):
+    gm, sde = CASES[case]
+    _assert_at_floor(_run(gm, sde, config).x, gm)
+
+
+def test_adaptive_ode_error_shrinks_with_tolerance():
+    gm, sde = CASES["ring-vp"]
+    res = [_run(gm, sde, "ode-dopri5", n=20_000, rtol=tol, atol=tol) for tol in (3e-1, 1e-5)]
+    fd = [frechet_gaussian(r.x, gm.mean, gm.cov) for r in res]
+    assert res[0].nfe < res[1].nfe and fd[0] > 3 * fd[1], (fd, [r.nfe for r in res])
+
+
+@pytest.mark.parametrize("config", [c for c in GENEROUS if c != "ode-dopri5"])
+def test_sample_error_shrinks_as_steps_grow(config):
+    """With a twentieth of the generous steps the Fréchet distance (20,000 samples, same seeds) is well above the
+    generous setting's."""
+    gm, sde = CASES["ring-vp"] if config != "pc-langevin" else CASES["img64-vp"]
+    steps = GENEROUS[config][2]
+    few = max(1, steps // 20)
+    n = 20_000 if config != "pc-langevin" else N
+    fd = [frechet_gaussian(_run(gm, sde, config, n=n, steps=s).x, gm.mean, gm.cov) for s in (few, steps)]
+    assert fd[0] > 3 * fd[1], fd
+
+
+def test_every_registered_solver_is_covered():
+    assert {GENEROUS[c][0] for c in GENEROUS} == set(solvers.SOLVERS) - {"reversible_heun"}
+
+
+def _slope(steps, errs):
+    return -float(np.polyfit(np.log(steps), np.log(errs), 1)[0])
+
+
+DETERMINISTIC = {  # name, options, grid, declared order
+    "ddim": ("ddim", {}, "log_snr", 1),
+    "dpm_solver-1": ("dpm_solver", {"order": 1}, "log_snr", 1),
+    "dpm_solver-2": ("dpm_solver", {"order": 2}, "log_snr", 2),
+    "dpm_solver-3": ("dpm_solver", {"order": 3}, "log_snr", 3),
+    "dpm_solver_pp-2m": ("dpm_solver_pp", {"order": 2}, "log_snr", 2),
+    "dpm_solver_pp-3m": ("dpm_solver_pp", {"order": 3}, "log_snr", 3),
+    "heun": ("heun", {}, "karras", 2),
+    "ode-euler": ("ode", {"method": "euler"}, "log_snr", 1),
+    "ode-midpoint": ("ode", {"method": "midpoint"}, "log_snr", 2),
+    "ode-heun3": ("ode", {"method": "heun3"}, "log_snr", 3),
+    "ode-rk4": ("ode", {"method": "rk4"}, "log_snr", 4),
+}
+
+
+@pytest.mark.parametrize("sde_id", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("config", list(DETERMINISTIC))
+def test_deterministic_solvers_show_their_declared_order(config, sde_id):
+    """Global error against a tight dopri5 solve from the same x_T, over 16, 32, 64, 128 steps, in float64."""
+    gm = GaussianMixture.ring()
+    sde = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(sigma_max=5.0)}[sde_id]
+    name, opts, grid, order = DETERMINISTIC[config]
+    f, shape = gm.score_fn(sde), (128, *gm.shape)
+    x_T = sde.prior_std * torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = sample(f, sde, shape, solver="ode", rtol=1e-11, atol=1e-11, x_init=x_T, dtype=torch.float64).x
+    steps = [16, 32, 64, 128] if order >= 3 else [32, 64, 128, 256]  # each in its asymptotic range
+    errs = []
+    for n in steps:
+        res = sample(f, sde, shape, solver=name, steps=n, grid=grid, x_init=x_T, dtype=torch.float64, **opts)
+        errs.append(float((res.x - ref).flatten(1).norm(dim=1).mean()))
+    assert get_solver(name, **opts).order == order
+    assert abs(_slope(steps, errs) - order) < 0.3, (errs, _slope(steps, errs))
+
+
+def test_euler_maruyama_strong_order_on_a_shared_brownian_path():
+    """Pathwise error against an 8192-step solve driven by the same Brownian increments.
+
+    Along the path (at t ≈ 0.5) the slope is 1, the strong order for additive noise (g depends on t only); at the
+    end it is ½, because the sampler's last step returns the noise-free mean and so drops a ``g sqrt(h)`` term.
+    """
+    gm, sde = GaussianMixture.ring(), VPSDE(beta_max=10.0)
+    f, B, fine = gm.score_fn(sde), 256, 8192
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    dW = torch.randn(fine, B, 2, generator=g, dtype=torch.float64)  # standard normals of the finest grid
+
+    def solve(n):
+        k = fine // n
+        it = iter(dW.view(n, k, B, 2).sum(1) / k**0.5)  # the same path, coarsened
+        ts = solvers.get_timesteps("uniform", sde, 1e-2, n)
+        mid = {}
+        end = EulerMaruyama().solve(f, sde, x_T, ts, lambda x: next(it), lambda i, t, s: mid.setdefault(i, s.x))
+        return mid[n // 2 - 1], end  # t_{n/2} is the same time for every even n
+
+    ref_mid, ref_end = solve(fine)
+    steps = [32, 64, 128, 256, 512]
+    runs = [solve(n) for n in steps]
+    path = [float((m - ref_mid).norm(dim=1).mean()) for m, _ in runs]
+    end = [float((e - ref_end).norm(dim=1).mean()) for _, e in runs]
+    assert abs(_slope(steps, path) - EulerMaruyama.strong_order) < 0.3, path
+    assert abs(_slope(steps, end) - 0.5) < 0.3, end
 
 
 def test_same_generator_same_samples_and_counted_nfe(ring):
@@ -125,9 +254,9 @@ def test_a_user_solver_is_one_class_and_one_entry(monkeypatch, ring):
         stochastic = False
         nfe_per_step = 1
 
-        def step(self, score_fn, sde, state, t, t_next, noise, last):
-            dt = (t_next - t).to(state.x.dtype)[:, None]
-            return State(state.x + sde.probability_flow(score_fn).drift(state.x, t) * dt)
+        def step(self, score_fn, sde, state, t, t_next, noise, i, n):
+            drift = sde.probability_flow(score_fn).drift(state.x, torch.full((state.x.shape[0],), t))
+            return State(state.x + drift * (t_next - t))
 
     register_solver("ode_euler", ODEEuler)
     with pytest.raises(ValueError, match="already registered"):
@@ -136,4 +265,173 @@ def test_a_user_solver_is_one_class_and_one_entry(monkeypatch, ring):
         register_solver("bad", object)
     sde = VPSDE()
     res = sample(ring.score_fn(sde), sde, (N, 2), solver="ode_euler", steps=200, generator=torch.Generator().manual_seed(0))
-    assert frechet_gaussian(res.x, ring.mean, ring.cov) < 3 * _floors(ring)[0]
+    _assert_at_floor(res.x, ring)
+
+
+# ---- reproducibility, NFE, grids and errors for every solver -------------------------------------------------------
+
+FAST = {c: (name, opts) for c, (name, opts, _, _) in GENEROUS.items()}
+
+
+@pytest.mark.parametrize("config", list(FAST))
+def test_same_seeds_same_samples_and_batch_size_does_not_change_a_sample(config):
+    name, opts = FAST[config]
+    gm, sde = CASES["img64-vp"]
+    f = gm.score_fn(sde)
+    kw = dict(solver=name, steps=6, **opts)
+    a = sample(f, sde, (6, 1, 8, 8), seeds=derive_seeds(3, 0, 6), **kw).x
+    b = sample(f, sde, (6, 1, 8, 8), seeds=derive_seeds(3, 0, 6), **kw).x
+    assert torch.equal(a, b)
+    if get_solver(name, **opts).per_sample_noise:
+        head = sample(f, sde, (2, 1, 8, 8), seeds=derive_seeds(3, 0, 2), **kw).x
+        tail = sample(f, sde, (4, 1, 8, 8), seeds=derive_seeds(3, 2, 4), **kw).x
+        # An adaptive ODE solve shares its step sequence across the batch, so there a sample is batch-independent
+        # only to the solver tolerance.
+        tol = 1e-3 if config == "ode-dopri5" else 1e-5
+        assert torch.allclose(torch.cat([head, tail]), a, atol=tol, rtol=tol)
+    c = sample(f, sde, (6, 1, 8, 8), seeds=derive_seeds(4, 0, 6), **kw).x
+    assert not torch.allclose(a, c)
+
+
+def test_a_generator_gives_batch_size_independent_samples_on_the_cpu(ring):
+    sde = VPSDE()
+    big = sample(ring.score_fn(sde), sde, (8, 2), steps=20, generator=torch.Generator().manual_seed(5)).x
+    small = sample(ring.score_fn(sde), sde, (3, 2), steps=20, generator=torch.Generator().manual_seed(5)).x
+    assert torch.allclose(big[:3], small, atol=1e-6)
+
+
+@pytest.mark.parametrize("sde", all_sdes(), ids=["vp", "subvp", "ve"])
+def test_ancestral_posterior_equals_ddim_with_eta_one(sde, ring):
+    f, seeds = ring.score_fn(sde), derive_seeds(0, 0, 512)
+    a = sample(f, sde, (512, 2), solver="ancestral", steps=40, seeds=seeds, dtype=torch.float64).x
+    b = sample(f, sde, (512, 2), solver="ddim", eta=1.0, steps=40, seeds=seeds, dtype=torch.float64).x
+    assert torch.allclose(a, b, atol=1e-9), (a - b).abs().max()
+
+
+@pytest.mark.parametrize(
+    ("name", "opts", "expected"),
+    [
+        ("euler_maruyama", {}, lambda n: n),
+        ("reverse_diffusion", {}, lambda n: n),
+        ("ancestral", {}, lambda n: n),
+        ("srk", {}, lambda n: 3 * n + 1),  # 3 drift evaluations per step + sdeint's shape check
+        ("milstein", {}, lambda n: n + 1),
+        ("pc", {"corrector_options": {"n_steps": 2}}, lambda n: 3 * n),
+        ("ode", {"method": "rk4"}, lambda n: 4 * n),
+        ("ddim", {}, lambda n: n),
+        ("dpm_solver", {"order": 3}, lambda n: 3 * n),
+        ("dpm_solver", {"order": 2}, lambda n: 2 * n),
+        ("dpm_solver_pp", {"order": 2}, lambda n: n),
+        ("dpm_solver_pp", {"order": 3}, lambda n: n + 1),  # the 2S start
+        ("heun", {}, lambda n: 2 * n - 1),  # the last step is Euler
+    ],
+)
+def test_nfe_is_counted(name, opts, expected, ring):
+    sde = VPSDE()
+    res = sample(ring.score_fn(sde), sde, (8, 2), solver=name, steps=20, **opts)
+    assert res.nfe == expected(20)
+
+
+@pytest.mark.parametrize("sde", all_sdes(), ids=["vp", "subvp", "ve"])
+def test_time_grids(sde):
+    t_end, n = 1e-3, 10
+    for name in solvers.TIME_GRIDS:
+        ts = solvers.get_timesteps(name, sde, t_end, n)
+        assert ts.dtype == torch.float64 and ts.shape == (n + 1,)
+        assert ts[0] == sde.T and ts[-1] == t_end and bool((ts[1:] < ts[:-1]).all())
+    lam = sde.log_snr(solvers.get_timesteps("log_snr", sde, t_end, n))
+    assert torch.allclose(lam.diff(), lam.diff()[:1].expand(n), rtol=1e-9)
+    s = torch.exp(-sde.log_snr(solvers.get_timesteps("karras", sde, t_end, n)))  # EDM's sigma
+    rho = 7.0
+    i = torch.arange(n + 1, dtype=torch.float64) / n
+    expect = (s[0] ** (1 / rho) + i * (s[-1] ** (1 / rho) - s[0] ** (1 / rho))) ** rho
+    assert torch.allclose(s, expect, rtol=1e-9)
+    q = solvers.get_timesteps("quadratic", sde, t_end, n)
+    assert torch.allclose(q, t_end + (sde.T - t_end) * torch.linspace(1, 0, n + 1, dtype=torch.float64) ** 2)
+    with pytest.raises(ValueError, match="unknown time grid 'cosine'; available: uniform, quadratic, log_snr, karras"):
+        solvers.get_timesteps("cosine", sde, t_end, n)
+
+
+@pytest.mark.parametrize(
+    ("name", "opts", "match"),
+    [
+        ("ddim", {"eta": 1.5}, r"eta must lie in \[0, 1\]"),
+        ("dpm_solver", {"order": 4}, "order must be 1, 2 or 3"),
+        ("dpm_solver_pp", {"order": 0}, "order must be 1, 2 or 3"),
+        ("ode", {"method": "rk45"}, "unknown ODE method 'rk45'; fixed-step: euler.*adaptive: dopri5"),
+        ("ode", {"rtol": 0.0}, "rtol and atol must be positive"),
+        ("torchsde", {"method": "leapfrog"}, "unknown torchsde method 'leapfrog'; available: euler"),
+        ("heun", {"S_churn": -1.0}, "S_churn >= 0"),
+        ("ancestral", {"variance": "small"}, "'posterior' or 'large'"),
+        ("pc", {"corrector": "hmc"}, "unknown corrector 'hmc'; available: annealed_langevin, langevin"),
+        ("pc", {"corrector_options": {"snr": -1.0}}, "snr must be positive"),
+        ("pc", {"corrector_options": {"n_steps": 0}}, "n_steps must be a positive integer"),
+        ("pc", {"predictor": "ode"}, "integrates on its own and cannot be stepped"),
+        ("pc", {"predictor": "nope"}, "unknown solver 'nope'"),
+    ],
+)
+def test_bad_options_are_explained(name, opts, match):
+    with pytest.raises(ValueError, match=match):
+        get_solver(name, **opts)
+
+
+def test_torchsde_solvers_need_a_uniform_grid(ring):
+    with pytest.raises(ValueError, match="fixed dt; use grid='uniform'"):
+        sample(ring.score_fn(VPSDE()), VPSDE(), (4, 2), solver="srk", steps=5, grid="karras")
+
+
+def test_an_sde_without_discretize_is_incompatible_with_reverse_diffusion(ring):
+    class NoDiscretize(VPSDE):
+        discretize = None
+
+    with pytest.raises(SolverSDEIncompatible, match="ReverseDiffusion needs the SDE to provide discretize, which NoDiscretize"):
+        sample(ring.score_fn(VPSDE()), NoDiscretize(), (4, 2), solver="reverse_diffusion", steps=3)
+    with pytest.raises(SolverSDEIncompatible, match="ReverseDiffusion needs"):
+        sample(ring.score_fn(VPSDE()), NoDiscretize(), (4, 2), solver="pc", steps=3)
+
+
+def test_seed_and_generator_errors(ring):
+    f, sde = ring.score_fn(VPSDE()), VPSDE()
+    with pytest.raises(ValueError, match="either generator or seeds"):
+        sample(f, sde, (4, 2), generator=torch.Generator(), seeds=derive_seeds(0, 0, 4))
+    with pytest.raises(ValueError, match=r"one integer per sample, shape \(4,\)"):
+        sample(f, sde, (4, 2), seeds=derive_seeds(0, 0, 3))
+
+
+def test_reversible_heun_runs_but_is_unstable_on_the_contractive_reverse_sde(ring):
+    """Documented finding: its parasitic mode grows on dissipative drifts, and refining the grid does not help."""
+    sde = VPSDE()
+    res = sample(ring.score_fn(sde), sde, (2000, 2), solver="reversible_heun", steps=400, seeds=derive_seeds(0, 0, 2000))
+    assert res.nfe == 403
+    assert frechet_gaussian(res.x, ring.mean, ring.cov) > 30 * _floors(ring)[0]
+
+
+# ---- per-sample noise -----------------------------------------------------------------------------------------------
+
+
+def test_splitmix64_matches_the_reference_integer_arithmetic():
+    M = (1 << 64) - 1
+
+    def ref(z):
+        z &= M
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+        return z ^ (z >> 31)
+
+    xs = [0, 1, 12345, -5, 2**62 + 7, -(2**63)]
+    out = splitmix64(torch.tensor(xs, dtype=torch.int64))
+    assert [int(o) & M for o in out] == [ref(x) for x in xs]
+
+
+def test_per_sample_noise_is_standard_normal_and_independent():
+    noise = PerSampleNoise(derive_seeds(0, 0, 20_000))
+    z = torch.cat([noise(torch.empty(20_000, 3)) for _ in range(5)], dim=1).double()  # (20000, 15)
+    assert stats.kstest(z.flatten().numpy(), "norm").pvalue > 1e-3
+    se = 1 / 20_000**0.5
+    assert z.mean(0).abs().max() < 5 * se
+    corr = torch.corrcoef(z.T) - torch.eye(15, dtype=torch.float64)
+    assert corr.abs().max() < 5 * se  # across coordinates and across successive draws
+    rows = torch.corrcoef(z[:200])  # across samples
+    assert (rows - torch.eye(200, dtype=torch.float64)).abs().max() < 0.95  # no two streams coincide
+    assert not torch.equal(derive_seeds(0, 0, 4), derive_seeds(1, 0, 4))
+    assert torch.equal(derive_seeds(7, 0, 10)[5:], derive_seeds(7, 5, 5))

@@ -53,6 +53,15 @@ class SDE(abc.ABC):
     def _log_snr(self, t: Tensor) -> Tensor:
         return torch.log(self._alpha(t)) - torch.log(self._sigma(t))
 
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        # Generic inverse by bisection (lambda_t decreases in t); subclasses override with closed forms.
+        lo, hi = torch.zeros_like(lam), torch.full_like(lam, self.T)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            above = self._log_snr(mid) > lam  # mid is too early
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
     # ---- public, checked interface ---------------------------------------------------------------------------
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """Drift ``f(x, t)``: ``(B, *D)``."""
@@ -79,6 +88,16 @@ class SDE(abc.ABC):
         """Half log signal-to-noise ratio ``lambda_t = log(alpha_t / sigma_t)``: ``(B,)``."""
         check_t(t, self.T)
         return self._log_snr(t)
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """The time ``t`` with ``lambda_t = lam`` (inverse of :meth:`log_snr`): ``(B,)``, clamped to ``[0, T]``.
+
+        Samplers that pick intermediate points in log-SNR (DPM-Solver, EDM's churn, the log-SNR and Karras grids)
+        map them back to ``t`` with this. Compute in float64.
+        """
+        if not isinstance(lam, Tensor) or lam.ndim != 1:
+            raise ValueError(f"lam must be a (B,) tensor of log-SNR values, got {lam!r}")
+        return self._t_from_log_snr(lam).clamp(0.0, self.T)
 
     def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``alpha_t x_0`` ``(B, *D)`` and std ``sigma_t`` ``(B,)`` of the perturbation kernel ``p_0t(x_t | x_0)``."""

@@ -58,3 +58,6 @@ class VESDE(SDE):
 
     def _log_snr(self, t: Tensor) -> Tensor:
         return -(math.log(self.sigma_min) + t / self.T * self._log_ratio)
+
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        return -(lam + math.log(self.sigma_min)) / self._log_ratio * self.T

@@ -44,6 +44,15 @@ class VPSDE(SDE):
         """``log alpha_t = -∫_0^t beta(s) ds / 2 = -¼ t² (beta_max - beta_min) - ½ t beta_min``: ``(B,)``."""
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
+    def _t_from_log_mean_coeff(self, lmc: Tensor) -> Tensor:
+        # Root of ¼ Δβ t² + ½ β_min t + lmc = 0 in the cancellation-free form t = -2c / (b + sqrt(b² - 4ac)).
+        b = 0.5 * self.beta_min
+        return -2 * lmc / (b + torch.sqrt(b**2 - (self.beta_max - self.beta_min) * lmc))
+
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        # alpha² = 1 / (1 + e^{-2 lambda})  =>  log alpha = -½ softplus(-2 lambda)
+        return self._t_from_log_mean_coeff(-0.5 * torch.nn.functional.softplus(-2 * lam))
+
     def _drift(self, x: Tensor, t: Tensor) -> Tensor:
         return append_dims(-0.5 * self.beta(t), x.ndim).to(x.dtype) * x
 
@@ -78,3 +87,8 @@ class SubVPSDE(VPSDE):
     def _log_snr(self, t: Tensor) -> Tensor:
         lmc = self.log_mean_coeff(t)
         return lmc - torch.log(-torch.expm1(2 * lmc))
+
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        # alpha / (1 - alpha²) = q = e^lambda  =>  q alpha² + alpha - q = 0  =>  alpha = 2q / (1 + sqrt(1 + 4q²))
+        q = torch.exp(lam)
+        return self._t_from_log_mean_coeff(torch.log(2 * q) - torch.log1p(torch.sqrt(1 + 4 * q**2)))

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from .._typing import NoiseFn, ScoreFn
 from ..sde import SDE
 
-__all__ = ["Solver", "State", "SolverSDEIncompatible", "StepCallback"]
+__all__ = ["Solver", "State", "SolverSDEIncompatible", "StepCallback", "Coefficients", "diffusion_at", "tvec", "eps_and_x0"]
 
 
 class SolverSDEIncompatible(ValueError):
@@ -41,12 +42,49 @@ StepCallback = Callable[[int, float, State], None]
 """``callback(i, t_next, state)`` after step ``i`` (0-based) has moved the state to time ``t_next``."""
 
 
+@dataclass(frozen=True)
+class Coefficients:
+    """Schedule values at one time, as Python floats computed in float64: ``x_t = alpha x_0 + sigma eps``,
+    ``lam = log(alpha / sigma)``."""
+
+    t: float
+    alpha: float
+    sigma: float
+    lam: float
+
+    @classmethod
+    def at(cls, sde: SDE, t: float) -> "Coefficients":
+        tt = torch.tensor([t], dtype=torch.float64)
+        return cls(t, float(sde.alpha(tt)[0]), float(sde.sigma(tt)[0]), float(sde.log_snr(tt)[0]))
+
+    @classmethod
+    def at_log_snr(cls, sde: SDE, lam: float) -> "Coefficients":
+        return cls.at(sde, float(sde.t_from_log_snr(torch.tensor([lam], dtype=torch.float64))[0]))
+
+
+def diffusion_at(sde: SDE, t: float) -> float:
+    """``g(t)`` as a Python float (computed in float64 on the CPU)."""
+    return float(sde.diffusion(torch.tensor([t], dtype=torch.float64))[0])
+
+
+def tvec(x: Tensor, t: float) -> Tensor:
+    """The time ``t`` once per sample: ``(B,)`` float64 on ``x``'s device."""
+    return torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
+
+
+def eps_and_x0(score_fn: ScoreFn, x: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
+    """Noise and data predictions from one score evaluation: ``eps = -sigma s``, ``x0 = (x - sigma eps) / alpha``."""
+    eps = -c.sigma * score_fn(x, tvec(x, c.t))
+    return eps, (x - c.sigma * eps) / c.alpha
+
+
 @dataclass
 class Solver(abc.ABC):
     """Base class of every sampler. Subclasses are dataclasses whose fields are their options.
 
     Implement :meth:`step`; set ``order``, ``stochastic`` and ``nfe_per_step``; list in ``requires`` the SDE methods
     the step calls beyond the basic ones, so an incompatible pairing fails up front with :class:`SolverSDEIncompatible`.
+    Solvers that integrate on their own (adaptive ODE solvers, torchsde) override :meth:`solve` instead.
     """
 
     order: ClassVar[float]
@@ -54,8 +92,11 @@ class Solver(abc.ABC):
     strong_order: ClassVar[float | None] = None
     """Strong (pathwise) order, for SDE solvers."""
     stochastic: ClassVar[bool]
-    nfe_per_step: ClassVar[int]
+    nfe_per_step: ClassVar[float]
     requires: ClassVar[tuple[str, ...]] = ()
+    per_sample_noise: ClassVar[bool] = True
+    """Whether all randomness comes through the ``noise`` hook (one stream per sample, so samples do not depend on
+    the batch they were drawn in)."""
 
     @property
     def name(self) -> str:
@@ -74,16 +115,18 @@ class Solver(abc.ABC):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @abc.abstractmethod
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, t: Tensor, t_next: Tensor, noise: NoiseFn, last: bool) -> State:
+    def step(
+        self, score_fn: ScoreFn, sde: SDE, state: State, t: float, t_next: float, noise: NoiseFn, i: int, n: int
+    ) -> State:
         """Advance ``state`` from time ``t`` to ``t_next < t``.
 
         Args:
-            score_fn: the score, called as ``score_fn(x, t)`` with ``t: (B,)``.
+            score_fn: the score, called as ``score_fn(x, t)`` with ``t: (B,)`` (see :func:`tvec`).
             sde: the forward SDE.
             state: the current state.
-            t, t_next: ``(B,)`` float64 times on the sample's device.
+            t, t_next: the step's times (float64 precision).
             noise: draws standard normal noise shaped like its argument.
-            last: whether this is the final step of the solve.
+            i, n: this is step ``i`` (0-based) of ``n``; ``i == n - 1`` is the last.
         """
 
     def solve(
@@ -96,13 +139,11 @@ class Solver(abc.ABC):
         callback: StepCallback | None = None,
     ) -> Tensor:
         """Run :meth:`step` over the decreasing float64 grid ``timesteps: (N + 1,)`` starting from ``x = x_{t_0}``."""
+        ts = timesteps.tolist()
         state = State(x=x)
-        ts = timesteps.to(device=x.device)
-        B = x.shape[0]
         n = len(ts) - 1
         for i in range(n):
-            t, t_next = ts[i].expand(B), ts[i + 1].expand(B)
-            state = self.step(score_fn, sde, state, t, t_next, noise, i == n - 1)
+            state = self.step(score_fn, sde, state, ts[i], ts[i + 1], noise, i, n)
             if callback is not None:
-                callback(i, float(ts[i + 1]), state)
+                callback(i, ts[i + 1], state)
         return state.x

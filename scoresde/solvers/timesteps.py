@@ -1,27 +1,77 @@
-"""Time grids for fixed-step solvers: decreasing float64 tensors from ``T`` to ``t_end``."""
+"""Time grids for fixed-step solvers: decreasing float64 tensors ``(steps + 1,)`` from ``T`` to ``t_end``.
+
+Every grid is built in float64 on the CPU and mapped back to ``t`` exactly, so solvers see the same times whatever
+precision they sample in. Grids that are uniform in another variable (log-SNR, EDM's sigma) go through
+``sde.t_from_log_snr``.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["uniform", "TIME_GRIDS", "get_timesteps"]
+from ..sde import SDE
+
+__all__ = ["uniform", "quadratic", "log_snr", "karras", "TIME_GRIDS", "get_timesteps"]
 
 
-def uniform(T: float, t_end: float, steps: int) -> Tensor:
-    """``steps + 1`` times evenly spaced from ``T`` down to ``t_end``; every step has ``dt = (T - t_end) / steps``."""
-    return torch.linspace(T, t_end, steps + 1, dtype=torch.float64)
+def _scalar(fn: Callable[[Tensor], Tensor], t: float) -> float:
+    return float(fn(torch.tensor([t], dtype=torch.float64))[0])
 
 
-TIME_GRIDS = {"uniform": uniform}
+def uniform(sde: SDE, t_end: float, steps: int) -> Tensor:
+    """Evenly spaced in ``t``: every step has ``dt = (T - t_end) / steps`` (the score SDE paper's grid)."""
+    return torch.linspace(sde.T, t_end, steps + 1, dtype=torch.float64)
 
 
-def get_timesteps(name: str, T: float, t_end: float, steps: int) -> Tensor:
-    """Build the grid ``name`` (see ``TIME_GRIDS``); checks ``0 < t_end < T`` and ``steps >= 1``."""
+def quadratic(sde: SDE, t_end: float, steps: int) -> Tensor:
+    """``t_i = t_end + (T - t_end) (1 - i/N)²``: denser near ``t_end`` (DDIM's quadratic schedule)."""
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return t_end + (sde.T - t_end) * u**2
+
+
+def log_snr(sde: SDE, t_end: float, steps: int) -> Tensor:
+    """Evenly spaced in ``lambda = log(alpha/sigma)`` (DPM-Solver's default ``logSNR`` grid)."""
+    lam = torch.linspace(_scalar(sde.log_snr, sde.T), _scalar(sde.log_snr, t_end), steps + 1, dtype=torch.float64)
+    return _pin_ends(sde.t_from_log_snr(lam), sde.T, t_end)
+
+
+def karras(sde: SDE, t_end: float, steps: int, rho: float = 7.0) -> Tensor:
+    """EDM's grid (Karras et al., 2022, eq. 5) in ``sigma/alpha = e^{-lambda}``:
+    ``s_i = (s_max^{1/rho} + i/N (s_min^{1/rho} - s_max^{1/rho}))^rho``, ``rho = 7``; ends at ``t_end`` (not 0)."""
+    s_max, s_min = (math.exp(-_scalar(sde.log_snr, t)) for t in (sde.T, t_end))
+    i = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    s = (s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return _pin_ends(sde.t_from_log_snr(-torch.log(s)), sde.T, t_end)
+
+
+def _pin_ends(ts: Tensor, T: float, t_end: float) -> Tensor:
+    """Set the ends exactly (the round trip through log-SNR is accurate to ~1e-15, not bit-exact)."""
+    ts[0], ts[-1] = T, t_end
+    return ts
+
+
+TIME_GRIDS: dict[str, Callable[[SDE, float, int], Tensor]] = {
+    "uniform": uniform,
+    "quadratic": quadratic,
+    "log_snr": log_snr,
+    "karras": karras,
+}
+"""Time grids by name: ``grid(sde, t_end, steps) -> (steps + 1,)`` float64, decreasing from ``sde.T``."""
+
+
+def get_timesteps(name: str, sde: SDE, t_end: float, steps: int) -> Tensor:
+    """Build the grid ``name`` (see :data:`TIME_GRIDS`); checks ``0 < t_end < T`` and ``steps >= 1``."""
     if name not in TIME_GRIDS:
         raise ValueError(f"unknown time grid {name!r}; available: {', '.join(TIME_GRIDS)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not 0 < t_end < T:
-        raise ValueError(f"the end time must satisfy 0 < t_end < T = {T:g}, got t_end={t_end!r}")
-    return TIME_GRIDS[name](T, t_end, steps)
+    if not 0 < t_end < sde.T:
+        raise ValueError(f"the end time must satisfy 0 < t_end < T = {sde.T:g}, got t_end={t_end!r}")
+    ts = TIME_GRIDS[name](sde, float(t_end), steps)
+    if not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError(f"time grid {name!r} is not strictly decreasing for {steps} steps down to t_end={t_end:g}")
+    return ts
