@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from .. import metrics, plotting
@@ -117,14 +118,20 @@ class SampleReport(L.Callback):
 
     def _exact_metrics(self, pl_module: ScoreModule, target: Any, x: torch.Tensor) -> dict[str, float]:
         g = torch.Generator().manual_seed(self.seed + 1)
-        exact = target.sample(len(x), generator=g)
         x = x.cpu()
         dev = pl_module.device
         score_err = metrics.score_error(lambda x_t, t: pl_module(x_t.to(dev), t.to(dev)).cpu(), target, pl_module.sde, generator=g)
+        # The floors are heavy-tailed (for 4000 ring samples the Fréchet distance's 90th percentile is 2.5x its median),
+        # so report their mean and 90th percentile over 20 sets of exact samples of the same size.
+        exact = [target.sample(len(x), generator=g) for _ in range(20)]
+        fd = np.array([metrics.frechet_gaussian(e, target.mean, target.cov) for e in exact])
+        mm = np.array([metrics.mode_mass_error(e, target) for e in exact])
         return {
             "score_rel_error": round(score_err, 4),
             "frechet": round(metrics.frechet_gaussian(x, target.mean, target.cov), 5),
-            "frechet_floor": round(metrics.frechet_gaussian(exact, target.mean, target.cov), 5),
+            "frechet_floor": round(float(fd.mean()), 5),
+            "frechet_floor_p90": round(float(np.percentile(fd, 90)), 5),
             "mode_mass_error": round(metrics.mode_mass_error(x, target), 4),
-            "mode_mass_floor": round(metrics.mode_mass_error(exact, target), 4),
+            "mode_mass_floor": round(float(mm.mean()), 4),
+            "mode_mass_floor_p90": round(float(np.percentile(mm, 90)), 4),
         }

@@ -3,6 +3,7 @@
     scoresde fit --config experiments/toy_vp.yaml
     scoresde fit --config experiments/digits_vp.yaml --trainer.max_epochs 50
     scoresde fit --help
+    scoresde sample --ckpt runs/toy_vp/checkpoints/last.ckpt --solver dpm_solver_pp --steps 20 --n 1000 --out samples/
 
 The DataModule's ``data_shape`` and ``transform`` are linked into the model. Logging goes to Weights & Biases in
 offline mode unless the config says otherwise (``wandb sync`` uploads later).
@@ -11,6 +12,7 @@ offline mode unless the config says otherwise (``wandb sync`` uploads later).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
 import lightning as L
@@ -50,8 +52,14 @@ def cli(args: Sequence[str] | None = None, run: bool = True) -> ScoreCLI:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``scoresde`` console script."""
-    cli(args)
+    """Entry point of the ``scoresde`` console script: LightningCLI's subcommands plus ``sample``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["sample"]:
+        from .sampling import sample_command
+
+        sample_command(argv[1:])
+        return
+    cli(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

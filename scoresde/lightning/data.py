@@ -5,7 +5,6 @@ data stay in their own units and are mapped to model space (dequantized, rescale
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 

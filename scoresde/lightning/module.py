@@ -37,6 +37,7 @@ class ScoreModule(L.LightningModule):
             weights are used for validation and sampling and are what the checkpoint's ``state_dict`` holds.
             ``None`` disables it.
         sampler: solver name used by :meth:`sample` (and sample callbacks).
+        sampler_options: that solver's options, e.g. ``{order: 3}`` (YAML: ``model.sampler_options``).
         sample_steps: default number of solver steps.
         data_shape: shape of one data point, linked from the DataModule by the CLI.
         transform: raw-data → model-space transform, linked from the DataModule (kept for bits/dim and decoding).
@@ -58,6 +59,7 @@ class ScoreModule(L.LightningModule):
         warmup_steps: int = 5000,
         ema_decay: float | None = 0.9999,
         sampler: str = "euler_maruyama",
+        sampler_options: dict[str, Any] | None = None,
         sample_steps: int = 500,
         data_shape: Sequence[int] | None = None,
         transform: DataTransform | None = None,
@@ -71,7 +73,7 @@ class ScoreModule(L.LightningModule):
             raise ValueError(f"ema_decay must lie in (0, 1) (or be null to disable EMA), got {ema_decay}")
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
-        get_solver(sampler)  # an unknown name fails now, listing the registered ones
+        get_solver(sampler, **(sampler_options or {}))  # an unknown name or option fails now, listing the valid ones
         self.save_hyperparameters()
         # The network's weights are saved in the state dict; keep module objects out of the hyperparameters.
         self.remove_ignored_hparams([k for k, v in self.hparams.items() if isinstance(v, nn.Module)])
@@ -141,7 +143,11 @@ class ScoreModule(L.LightningModule):
         progress: bool = False,
         **options: Any,
     ) -> SampleResult:
-        """Draw ``n`` samples in model space with the current weights (the EMA weights after training)."""
+        """Draw ``n`` samples in model space with the current weights (the EMA weights after training).
+
+        ``solver=None`` uses the model's ``sampler`` with its ``sampler_options``; ``options`` go to the solver or to
+        :func:`scoresde.sample` (``seeds``, ``grid``, ``denoise``, ``t_end``, ...).
+        """
         if self.data_shape is None:
             raise ValueError("data_shape is unknown: pass data_shape=... (the CLI links it from the DataModule)")
         was_training = self.training
@@ -153,10 +159,10 @@ class ScoreModule(L.LightningModule):
                 (n, *self.data_shape),
                 solver=solver or self.hparams.sampler,
                 steps=steps or self.hparams.sample_steps,
-                generator=generator,
+                generator=generator if "seeds" not in options else None,
                 device=self.device,
                 progress=progress,
-                **options,
+                **{**(dict(self.hparams.get("sampler_options") or {}) if solver is None else {}), **options},
             )
         finally:
             self.train(was_training)
