@@ -76,9 +76,11 @@ class PerSampleNoise:
         k = torch.arange(self.count + 1, self.count + words + 1, dtype=torch.int64, device=x.device)
         self.count += words
         bits = splitmix64(keys[:, None] + k[None, :] * _GOLDEN)  # (B, words) independent 64-bit words
-        # Box–Muller on the two 32-bit halves: u1 ∈ (0, 1] avoids log(0), u2 ∈ [0, 1).
+        # Box–Muller on the two 32-bit halves: u1 ∈ (0, 1] avoids log(0), u2 ∈ [0, 1). The radius is computed in
+        # float64 (its tail comes from tiny u1); the angle needs no more than the output precision.
+        trig = torch.float64 if x.dtype == torch.float64 else torch.float32
         u1 = (_shr(bits, 32).double() + 1.0) * 2.0**-32
-        u2 = (bits & 0xFFFFFFFF).double() * (2 * math.pi * 2.0**-32)
-        r = torch.sqrt(-2.0 * torch.log(u1))
-        z = torch.cat([r * torch.cos(u2), r * torch.sin(u2)], dim=1)[:, :n]
+        theta = (bits & 0xFFFFFFFF).to(trig) * (2 * math.pi * 2.0**-32)
+        r = torch.sqrt(-2.0 * torch.log(u1)).to(trig)
+        z = torch.cat([r * torch.cos(theta), r * torch.sin(theta)], dim=1)[:, :n]
         return z.to(x.dtype).reshape(x.shape)

@@ -1,21 +1,22 @@
-"""The solver registry and Euler–Maruyama against exact answers, with the analytic score as the network."""
+"""Every registered solver against exact answers, with the analytic mixture's score as the network: noise floors,
+convergence orders, strong order on a shared Brownian path, reproducibility, counted NFE and error messages."""
 
-from dataclasses import dataclass
-
-import numpy as np
-from scipy import stats
 import functools
+import warnings
+from dataclasses import dataclass
 from statistics import mean
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 import scoresde.solvers as solvers
-from tests.conftest import all_sdes
 from scoresde import VESDE, VPSDE, GaussianMixture, SubVPSDE, sample
 from scoresde.metrics import frechet_gaussian, mode_mass_error
 from scoresde.noise import PerSampleNoise, derive_seeds, splitmix64
 from scoresde.solvers import EulerMaruyama, Solver, SolverSDEIncompatible, State, get_solver, register_solver
+from tests.conftest import all_sdes
 
 N = 4000
 MIX64 = GaussianMixture.random(64, k=3, shape=(1, 8, 8), seed=0)  # eigenvalues over three decades
@@ -71,17 +72,31 @@ MATRIX = [
 ]
 
 
+def _exact_x_T(gm, sde, n, seed):
+    """Exact draws of p_T. The prior N(0, prior_std² I) is not exactly p_T: on the 64-D mixture (means ~16 from the
+    origin, alpha_T mu ~ 0.1 under VP) the mismatch alone shifts the mode weights by ~1%, which the probability-flow
+    ODE carries to t = 0 (Fréchet 0.02-0.15 from N(0, I) against 0.009-0.023 from p_T, 8000 samples), so the solver
+    checks start from p_T to measure the solvers only."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    T = torch.full((n,), sde.T, dtype=torch.float64)
+    mean, std = sde.marginal_prob(gm.sample(n, generator=g), T)
+    return (mean + std.view(-1, *[1] * len(gm.shape)) * torch.randn(mean.shape, generator=g, dtype=torch.float64)).float()
+
+
 def _run(gm, sde, config, n=N, seed=0, **kw):
     name, opts, steps, grid = GENEROUS[config]
-    kw = {"steps": steps, "grid": grid, **kw}
+    kw = {"steps": steps, "grid": grid, "x_init": _exact_x_T(gm, sde, n, seed), **kw}
     return sample(gm.score_fn(sde), sde, (n, *gm.shape), solver=name, generator=torch.Generator().manual_seed(seed), **opts, **kw)
 
 
-def _assert_at_floor(x, gm):
-    """Within 4× the mean noise floor: the 99th percentile of exact samples' Fréchet distance is 3.1× its mean
-    (ring, 100 sets of 4000), so an exact sampler fails this about once in a hundred seeds, a biased one always."""
+def _assert_at_floor(xs, gm):
+    """The metrics averaged over independent runs are within 4× (Fréchet) and 3× + 0.01 (mode mass) of the mean noise
+    floor of as many exact samples. One run is not enough: the 99th percentile of exact samples' Fréchet distance is
+    3.1× its mean (ring, 100 sets of 4000), so a single exact run lands past 4× about once in a hundred; the mean of
+    two does so far more rarely, while a biased solver is above the bar in every run."""
     fd_floor, mm_floor = _floors(gm)
-    fd, mm = frechet_gaussian(x, gm.mean, gm.cov), mode_mass_error(x, gm)
+    fd = mean(frechet_gaussian(x, gm.mean, gm.cov) for x in xs)
+    mm = mean(mode_mass_error(x, gm) for x in xs)
     assert fd < 4 * fd_floor, (fd, fd_floor)
     assert mm < 3 * mm_floor + 0.01, (mm, mm_floor)
 
@@ -89,7 +104,7 @@ def _assert_at_floor(x, gm):
 @pytest.mark.parametrize(("config", "case"), MATRIX)
 def test_every_solver_reaches_the_noise_floor(config, case):
     gm, sde = CASES[case]
-    _assert_at_floor(_run(gm, sde, config).x, gm)
+    _assert_at_floor([_run(gm, sde, config, seed=s).x for s in (0, 1)], gm)
 
 
 def test_adaptive_ode_error_shrinks_with_tolerance():
@@ -106,7 +121,7 @@ def test_sample_error_shrinks_as_steps_grow(config):
     gm, sde = CASES["ring-vp"] if config != "pc-langevin" else CASES["img64-vp"]
     steps = GENEROUS[config][2]
     few = max(1, steps // 20)
-    n = 20_000 if config != "pc-langevin" else N
+    n = 20_000 if config != "pc-langevin" else 4000
     fd = [frechet_gaussian(_run(gm, sde, config, n=n, steps=s).x, gm.mean, gm.cov) for s in (few, steps)]
     assert fd[0] > 3 * fd[1], fd
 
@@ -254,9 +269,9 @@ def test_a_user_solver_is_one_class_and_one_entry(monkeypatch, ring):
         stochastic = False
         nfe_per_step = 1
 
-        def step(self, score_fn, sde, state, t, t_next, noise, i, n):
-            drift = sde.probability_flow(score_fn).drift(state.x, torch.full((state.x.shape[0],), t))
-            return State(state.x + drift * (t_next - t))
+        def step(self, score_fn, sde, state, ct, cn, noise, i, n):
+            drift = sde.probability_flow(score_fn).drift(state.x, torch.full((state.x.shape[0],), ct.t))
+            return State(state.x + drift * (cn.t - ct.t))
 
     register_solver("ode_euler", ODEEuler)
     with pytest.raises(ValueError, match="already registered"):
@@ -264,8 +279,9 @@ def test_a_user_solver_is_one_class_and_one_entry(monkeypatch, ring):
     with pytest.raises(TypeError, match="Solver subclass"):
         register_solver("bad", object)
     sde = VPSDE()
-    res = sample(ring.score_fn(sde), sde, (N, 2), solver="ode_euler", steps=200, generator=torch.Generator().manual_seed(0))
-    _assert_at_floor(res.x, ring)
+    runs = [sample(ring.score_fn(sde), sde, (N, 2), solver="ode_euler", steps=200, generator=torch.Generator().manual_seed(s))
+            for s in (0, 1)]
+    _assert_at_floor([r.x for r in runs], ring)
 
 
 # ---- reproducibility, NFE, grids and errors for every solver -------------------------------------------------------
@@ -328,7 +344,9 @@ def test_ancestral_posterior_equals_ddim_with_eta_one(sde, ring):
 )
 def test_nfe_is_counted(name, opts, expected, ring):
     sde = VPSDE()
-    res = sample(ring.score_fn(sde), sde, (8, 2), solver=name, steps=20, **opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 2-D Langevin warning
+        res = sample(ring.score_fn(sde), sde, (8, 2), solver=name, steps=20, **opts)
     assert res.nfe == expected(20)
 
 
@@ -435,3 +453,9 @@ def test_per_sample_noise_is_standard_normal_and_independent():
     assert (rows - torch.eye(200, dtype=torch.float64)).abs().max() < 0.95  # no two streams coincide
     assert not torch.equal(derive_seeds(0, 0, 4), derive_seeds(1, 0, 4))
     assert torch.equal(derive_seeds(7, 0, 10)[5:], derive_seeds(7, 5, 5))
+
+
+def test_langevin_warns_in_low_dimension(ring):
+    sde = VPSDE()
+    with pytest.warns(UserWarning, match="heavy-tailed in 2 dimensions.*annealed_langevin"):
+        sample(ring.score_fn(sde), sde, (8, 2), solver="pc", steps=3)

@@ -35,6 +35,8 @@ class SampleReport(L.Callback):
         n_samples: samples per picture.
         steps: solver steps (default: the model's ``sample_steps``).
         solver: solver name (default: the model's ``sampler``).
+        solver_options: that solver's options, e.g. ``{order: 3}`` (default: the model's ``sampler_options``).
+        grid: time grid of fixed-step solvers.
         every_n_epochs: also draw a picture after every n-th validation (0: only at the end of fit).
         out_dir: where pictures and ``summary.json`` go (default: the trainer's ``default_root_dir``).
         seed: seed of the sampling noise.
@@ -45,6 +47,8 @@ class SampleReport(L.Callback):
         n_samples: int = 2000,
         steps: int | None = None,
         solver: str | None = None,
+        solver_options: dict[str, Any] | None = None,
+        grid: str = "uniform",
         every_n_epochs: int = 0,
         out_dir: str | None = None,
         seed: int = 0,
@@ -52,6 +56,7 @@ class SampleReport(L.Callback):
         if n_samples < 2:
             raise ValueError(f"n_samples must be >= 2, got {n_samples}")
         self.n_samples, self.steps, self.solver = n_samples, steps, solver
+        self.solver_options, self.grid = dict(solver_options or {}), grid
         self.every_n_epochs, self.out_dir, self.seed = every_n_epochs, out_dir, seed
         self._t_start = 0.0
 
@@ -60,7 +65,9 @@ class SampleReport(L.Callback):
 
     def _draw(self, pl_module: ScoreModule) -> torch.Tensor:
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        return pl_module.sample(self.n_samples, solver=self.solver, steps=self.steps, generator=g).x
+        return pl_module.sample(
+            self.n_samples, solver=self.solver, steps=self.steps, generator=g, grid=self.grid, **self.solver_options
+        ).x
 
     def _picture(self, trainer: L.Trainer, pl_module: ScoreModule, x: torch.Tensor, path: Path, title: str) -> Path:
         dm = trainer.datamodule

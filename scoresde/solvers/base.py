@@ -18,7 +18,7 @@ from torch import Tensor
 from .._typing import NoiseFn, ScoreFn
 from ..sde import SDE
 
-__all__ = ["Solver", "State", "SolverSDEIncompatible", "StepCallback", "Coefficients", "diffusion_at", "tvec", "eps_and_x0"]
+__all__ = ["Solver", "State", "SolverSDEIncompatible", "StepCallback", "IntegratorSolver", "Coefficients", "diffusion_at", "tvec", "eps_and_x0"]
 
 
 class SolverSDEIncompatible(ValueError):
@@ -45,17 +45,24 @@ StepCallback = Callable[[int, float, State], None]
 @dataclass(frozen=True)
 class Coefficients:
     """Schedule values at one time, as Python floats computed in float64: ``x_t = alpha x_0 + sigma eps``,
-    ``lam = log(alpha / sigma)``."""
+    ``lam = log(alpha / sigma)``, ``g`` the diffusion coefficient."""
 
     t: float
     alpha: float
     sigma: float
     lam: float
+    g: float
+
+    @classmethod
+    def table(cls, sde: SDE, ts: Tensor) -> list["Coefficients"]:
+        """Coefficients at every time of ``ts: (N,)``, computed in one vectorised float64 call per quantity."""
+        tt = ts.to(dtype=torch.float64, device="cpu")
+        cols = [tt, sde.alpha(tt), sde.sigma(tt), sde.log_snr(tt), sde.diffusion(tt)]
+        return [cls(*row) for row in zip(*(c.tolist() for c in cols))]
 
     @classmethod
     def at(cls, sde: SDE, t: float) -> "Coefficients":
-        tt = torch.tensor([t], dtype=torch.float64)
-        return cls(t, float(sde.alpha(tt)[0]), float(sde.sigma(tt)[0]), float(sde.log_snr(tt)[0]))
+        return cls.table(sde, torch.tensor([t], dtype=torch.float64))[0]
 
     @classmethod
     def at_log_snr(cls, sde: SDE, lam: float) -> "Coefficients":
@@ -116,15 +123,15 @@ class Solver(abc.ABC):
 
     @abc.abstractmethod
     def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, t: float, t_next: float, noise: NoiseFn, i: int, n: int
+        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
     ) -> State:
-        """Advance ``state`` from time ``t`` to ``t_next < t``.
+        """Advance ``state`` from time ``ct.t`` to ``cn.t < ct.t``.
 
         Args:
             score_fn: the score, called as ``score_fn(x, t)`` with ``t: (B,)`` (see :func:`tvec`).
             sde: the forward SDE.
             state: the current state.
-            t, t_next: the step's times (float64 precision).
+            ct, cn: schedule values at the step's start and end (precomputed for the whole grid).
             noise: draws standard normal noise shaped like its argument.
             i, n: this is step ``i`` (0-based) of ``n``; ``i == n - 1`` is the last.
         """
@@ -139,11 +146,42 @@ class Solver(abc.ABC):
         callback: StepCallback | None = None,
     ) -> Tensor:
         """Run :meth:`step` over the decreasing float64 grid ``timesteps: (N + 1,)`` starting from ``x = x_{t_0}``."""
-        ts = timesteps.tolist()
+        coefs = Coefficients.table(sde, timesteps)
         state = State(x=x)
-        n = len(ts) - 1
+        n = len(coefs) - 1
         for i in range(n):
-            state = self.step(score_fn, sde, state, ts[i], ts[i + 1], noise, i, n)
+            state = self.step(score_fn, sde, state, coefs[i], coefs[i + 1], noise, i, n)
             if callback is not None:
-                callback(i, ts[i + 1], state)
+                callback(i, coefs[i + 1].t, state)
         return state.x
+
+
+class IntegratorSolver(Solver):
+    """A solver that hands the whole interval to a library integrator (torchdiffeq, torchsde) instead of stepping.
+
+    Subclasses implement :meth:`integrate`; callbacks are replayed afterwards from the states at the grid times.
+    """
+
+    def step(self, *args: Any, **kwargs: Any) -> State:
+        raise NotImplementedError(f"{self.name} integrates the whole interval at once; call solve()")
+
+    @abc.abstractmethod
+    def integrate(
+        self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn, every_step: bool
+    ) -> Tensor:
+        """States ``(K, B, *D)`` at every time of ``timesteps`` (``every_step``) or at its two ends (``K = 2``)."""
+
+    def solve(
+        self,
+        score_fn: ScoreFn,
+        sde: SDE,
+        x: Tensor,
+        timesteps: Tensor,
+        noise: NoiseFn,
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        ys = self.integrate(score_fn, sde, x, timesteps, noise, every_step=callback is not None)
+        if callback is not None:
+            for i, t_next in enumerate(timesteps.tolist()[1:]):
+                callback(i, t_next, State(ys[i + 1]))
+        return ys[-1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -43,21 +44,19 @@ class Corrector(abc.ABC):
     def name(self) -> str:
         return type(self).__name__
 
-    @staticmethod
-    def _alpha_i(sde: SDE, t: float, t_next: float) -> float:
-        """``alpha_i = (alpha_t / alpha_{t_next})²``: DDPM's ``1 - beta_i`` for VP and sub-VP, 1 for VE."""
-        return (Coefficients.at(sde, t).alpha / Coefficients.at(sde, t_next).alpha) ** 2
-
     @abc.abstractmethod
-    def step_size(self, sde: SDE, score: Tensor, z: Tensor, t: float, alpha_i: float) -> Tensor:
+    def step_size(self, score: Tensor, z: Tensor, ct: Coefficients, alpha_i: float) -> Tensor:
         """Langevin step size ``epsilon``: a float tensor broadcastable to ``score``."""
 
-    def correct(self, score_fn: ScoreFn, sde: SDE, x: Tensor, t: float, t_next: float, noise: NoiseFn) -> Tensor:
-        """``n_steps`` moves ``x ← x + eps s(x, t) + sqrt(2 eps) z`` at time ``t``: ``(B, *D)``."""
-        alpha_i, tt = self._alpha_i(sde, t, t_next), tvec(x, t)
+    def correct(self, score_fn: ScoreFn, sde: SDE, x: Tensor, ct: Coefficients, cn: Coefficients, noise: NoiseFn) -> Tensor:
+        """``n_steps`` moves ``x ← x + eps s(x, t) + sqrt(2 eps) z`` at time ``ct.t``: ``(B, *D)``.
+
+        ``alpha_i = (alpha_t / alpha_{t_next})²`` is DDPM's ``1 - beta_i`` for VP and sub-VP, and 1 for VE.
+        """
+        alpha_i, tt = (ct.alpha / cn.alpha) ** 2, tvec(x, ct.t)
         for _ in range(self.n_steps):
             score, z = score_fn(x, tt), noise(x)
-            eps = self.step_size(sde, score, z, t, alpha_i)
+            eps = self.step_size(score, z, ct, alpha_i)
             x = x + eps * score + torch.sqrt(2 * eps) * z
         return x
 
@@ -69,7 +68,13 @@ class Langevin(Corrector):
     The norms are per sample (the reference averages them over the batch, which makes a sample depend on its batch).
     """
 
-    def step_size(self, sde: SDE, score: Tensor, z: Tensor, t: float, alpha_i: float) -> Tensor:
+    def step_size(self, score: Tensor, z: Tensor, ct: Coefficients, alpha_i: float) -> Tensor:
+        if score[0].numel() < 16:
+            warnings.warn(
+                f"the langevin corrector sets each sample's step from ||z|| / ||s||, which is heavy-tailed in "
+                f"{score[0].numel()} dimensions (the score vanishes at the modes); use annealed_langevin for low-dimensional data",
+                stacklevel=4,
+            )
         s_norm = score.flatten(1).norm(dim=1).clamp_min(torch.finfo(score.dtype).tiny)
         eps = 2 * alpha_i * (self.snr * z.flatten(1).norm(dim=1) / s_norm) ** 2
         return eps.view(-1, *([1] * (score.ndim - 1)))
@@ -80,8 +85,8 @@ class AnnealedLangevin(Corrector):
     """Annealed Langevin dynamics (Song & Ermon, 2019, Algorithm 1, as the reference corrector): the step size comes
     from the noise level, ``eps = 2 alpha_i (r sigma_t)²``, not from the current sample."""
 
-    def step_size(self, sde: SDE, score: Tensor, z: Tensor, t: float, alpha_i: float) -> Tensor:
-        return torch.tensor(2 * alpha_i * (self.snr * Coefficients.at(sde, t).sigma) ** 2, dtype=score.dtype, device=score.device)
+    def step_size(self, score: Tensor, z: Tensor, ct: Coefficients, alpha_i: float) -> Tensor:
+        return torch.tensor(2 * alpha_i * (self.snr * ct.sigma) ** 2, dtype=score.dtype, device=score.device)
 
 
 CORRECTORS: dict[str, type[Corrector]] = {"langevin": Langevin, "annealed_langevin": AnnealedLangevin}
@@ -103,7 +108,9 @@ class _NoPredictor(Solver):
     stochastic = False
     nfe_per_step = 0
 
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, t: float, t_next: float, noise: NoiseFn, i: int, n: int) -> State:
+    def step(
+        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
+    ) -> State:
         return state
 
 
@@ -155,6 +162,8 @@ class PredictorCorrector(Solver):
     def check(self, sde: SDE) -> None:
         self._predictor.check(sde)
 
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, t: float, t_next: float, noise: NoiseFn, i: int, n: int) -> State:
-        x = self._corrector.correct(score_fn, sde, state.x, t, t_next, noise)
-        return self._predictor.step(score_fn, sde, dataclasses.replace(state, x=x), t, t_next, noise, i, n)
+    def step(
+        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
+    ) -> State:
+        x = self._corrector.correct(score_fn, sde, state.x, ct, cn, noise)
+        return self._predictor.step(score_fn, sde, dataclasses.replace(state, x=x), ct, cn, noise, i, n)

@@ -45,8 +45,10 @@ class DDIM(Solver):
     def stochastic(self) -> bool:  # type: ignore[override]
         return self.eta > 0
 
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, t: float, t_next: float, noise: NoiseFn, i: int, n: int) -> State:
-        x, ct, cn = state.x, Coefficients.at(sde, t), Coefficients.at(sde, t_next)
+    def step(
+        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
+    ) -> State:
+        x = state.x
         eps, x0 = eps_and_x0(score_fn, x, ct)
         if self.eta == 0:
             return State((cn.alpha / ct.alpha) * x - cn.sigma * math.expm1(cn.lam - ct.lam) * eps)
@@ -79,8 +81,10 @@ class DPMSolver(Solver):
     def nfe_per_step(self) -> float:  # type: ignore[override]
         return float(self.order)
 
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, t: float, t_next: float, noise: NoiseFn, i: int, n: int) -> State:
-        x, ct, cn = state.x, Coefficients.at(sde, t), Coefficients.at(sde, t_next)
+    def step(
+        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
+    ) -> State:
+        x = state.x
         h = cn.lam - ct.lam
         eps_t, _ = eps_and_x0(score_fn, x, ct)
         x_next = (cn.alpha / ct.alpha) * x - cn.sigma * math.expm1(h) * eps_t  # DPM-Solver-1
@@ -130,8 +134,10 @@ class DPMSolverPP(Solver):
         if self.order not in (1, 2, 3):
             raise ValueError(f"dpm_solver_pp order must be 1, 2 or 3, got {self.order!r}")
 
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, t: float, t_next: float, noise: NoiseFn, i: int, n: int) -> State:
-        x, ct, cn = state.x, Coefficients.at(sde, t), Coefficients.at(sde, t_next)
+    def step(
+        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
+    ) -> State:
+        x = state.x
         m0 = eps_and_x0(score_fn, x, ct)[1]
         history = ((ct.lam, m0), *state.history)[: self.order]
         k = min(self.order, len(history))
@@ -200,8 +206,9 @@ class Heun(Solver):
         x0 = eps_and_x0(score_fn, c.alpha * x_hat, c)[1]
         return (x_hat - x0) / math.exp(-c.lam)
 
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, t: float, t_next: float, noise: NoiseFn, i: int, n: int) -> State:
-        ct, cn = Coefficients.at(sde, t), Coefficients.at(sde, t_next)
+    def step(
+        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
+    ) -> State:
         x_hat = state.x / ct.alpha
         s_t, s_next = math.exp(-ct.lam), math.exp(-cn.lam)
         gamma = min(self.S_churn / n, math.sqrt(2) - 1) if self.S_min <= s_t <= self.S_max else 0.0

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._typing import NoiseFn, ScoreFn
 from ..sde import SDE
-from .base import Solver, State, StepCallback
+from .base import IntegratorSolver
 
 __all__ = ["ProbabilityFlow", "per_sample_rms_norm"]
 
@@ -22,7 +22,7 @@ def per_sample_rms_norm(x: Tensor) -> Tensor:
 
 
 @dataclass
-class ProbabilityFlow(Solver):
+class ProbabilityFlow(IntegratorSolver):
     """The probability-flow ODE through ``torchdiffeq.odeint``, with any of its methods.
 
     Adaptive methods (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``) use ``rtol``/``atol`` with a
@@ -75,17 +75,8 @@ class ProbabilityFlow(Solver):
     def name(self) -> str:
         return f"ode({self.method})"
 
-    def step(self, *args: object, **kwargs: object) -> State:
-        raise NotImplementedError("the ODE solver integrates the whole interval; use solve()")
-
-    def solve(
-        self,
-        score_fn: ScoreFn,
-        sde: SDE,
-        x: Tensor,
-        timesteps: Tensor,
-        noise: NoiseFn,
-        callback: StepCallback | None = None,
+    def integrate(
+        self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn, every_step: bool
     ) -> Tensor:
         from torchdiffeq import odeint
 
@@ -95,16 +86,10 @@ class ProbabilityFlow(Solver):
             return flow.drift(y, t.to(torch.float64).expand(y.shape[0]).clamp(0.0, sde.T))
 
         grid = timesteps.to(device=x.device)
+        query = grid if every_step else grid[[0, -1]]
         options = dict(self.method_options)
         if self.adaptive:
-            query = grid[[0, -1]] if callback is None else grid
             options.setdefault("norm", per_sample_rms_norm)
-            ys = odeint(velocity, x, query, method=self.method, rtol=self.rtol, atol=self.atol, options=options)
-        else:
-            query = grid if callback is not None else grid[[0, -1]]
-            options.setdefault("grid_constructor", lambda f, y0, t: grid.to(t.dtype))
-            ys = odeint(velocity, x, query, method=self.method, options=options)
-        if callback is not None:
-            for i, t_next in enumerate(timesteps.tolist()[1:]):
-                callback(i, t_next, State(ys[i + 1]))
-        return ys[-1]
+            return odeint(velocity, x, query, method=self.method, rtol=self.rtol, atol=self.atol, options=options)
+        options.setdefault("grid_constructor", lambda f, y0, t: grid.to(t.dtype))  # step exactly on the grid
+        return odeint(velocity, x, query, method=self.method, options=options)
