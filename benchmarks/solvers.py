@@ -30,7 +30,6 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from scoresde import VPSDE, GaussianMixture, ScoreModel, sample

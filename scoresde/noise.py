@@ -64,7 +64,7 @@ class PerSampleNoise:
         if not isinstance(seeds, Tensor) or seeds.ndim != 1 or seeds.is_floating_point():
             raise ValueError(f"seeds must be a (B,) integer tensor, got {seeds!r}")
         self.keys = splitmix64(seeds.to(torch.int64) * _GOLDEN + _GOLDEN)
-        self.count = 0  # numbers used so far in every stream
+        self.count = 0  # 64-bit words used so far in every stream
 
     def __call__(self, x: Tensor) -> Tensor:
         B = x.shape[0]

@@ -130,7 +130,7 @@ def sample(
         raise ValueError(f"seeds must hold one integer per sample, shape ({shape[0]},), got {tuple(seeds.shape)}")
     noise = PerSampleNoise(seeds)
     if x_init is None:
-        x = sde.prior_std * noise(torch.empty(shape, device=device, dtype=dtype))
+        x = sde.prior_sample(shape, noise=noise, device=device, dtype=dtype)
     else:
         if tuple(x_init.shape) != shape:
             raise ValueError(f"x_init has shape {tuple(x_init.shape)} but shape={shape}")

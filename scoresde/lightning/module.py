@@ -159,7 +159,7 @@ class ScoreModule(L.LightningModule):
                 (n, *self.data_shape),
                 solver=solver or self.hparams.sampler,
                 steps=steps or self.hparams.sample_steps,
-                generator=generator if "seeds" not in options else None,
+                generator=generator,
                 device=self.device,
                 progress=progress,
                 **{**(dict(self.hparams.get("sampler_options") or {}) if solver is None else {}), **options},

@@ -28,7 +28,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from .. import plotting
 from .._utils import atomic_path
 from ..noise import derive_seeds
-from ..solvers import SOLVERS, TIME_GRIDS
+from ..solvers import SOLVERS, TIME_GRIDS, get_solver
 from .module import ScoreModule
 
 __all__ = ["build_parser", "sample_command", "run_sampling"]
@@ -106,8 +106,6 @@ def run_sampling(cfg: dict[str, Any], out: Path, device: torch.device, progress:
     model.eval()
     solver = cfg["solver"] or model.hparams.sampler
     options = {**(model.hparams.get("sampler_options") or {} if cfg["solver"] is None else {}), **cfg["options"]}
-    from ..solvers import get_solver
-
     get_solver(solver, **options)  # fail on a bad name or option before any work
 
     out.mkdir(parents=True, exist_ok=True)

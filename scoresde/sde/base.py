@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .._typing import ScoreFn
+from .._typing import NoiseFn, ScoreFn
 from .._utils import append_dims, batch_sum, check_batch, check_t
 
 __all__ = ["SDE", "ReverseSDE", "ProbabilityFlowODE"]
@@ -111,10 +111,14 @@ class SDE(abc.ABC):
         shape: tuple[int, ...],
         *,
         generator: torch.Generator | None = None,
+        noise: NoiseFn | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        """Draw ``x_T ~ N(0, prior_std² I)`` of shape ``(B, *D)``."""
+        """Draw ``x_T ~ N(0, prior_std² I)`` of shape ``(B, *D)`` from ``generator``, or from a noise source such as
+        ``scoresde.noise.PerSampleNoise`` (as :func:`scoresde.sample` does)."""
+        if noise is not None:
+            return self.prior_std * noise(torch.empty(tuple(shape), device=device, dtype=dtype))
         if generator is not None and device is None:
             device = generator.device
         z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)

@@ -10,7 +10,7 @@ import abc
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -131,7 +131,6 @@ class PredictorCorrector(Solver):
     corrector_options: dict[str, Any] = field(default_factory=dict)
 
     stochastic = True
-    per_sample_noise: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         from . import get_solver

@@ -99,14 +99,14 @@ class Ancestral(Solver):
     def step(
         self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
     ) -> State:
-        x, cs = state.x, cn
-        a = ct.alpha / cs.alpha
-        G2 = ct.sigma**2 - (a * cs.sigma) ** 2
+        x = state.x
+        a = ct.alpha / cn.alpha
+        G2 = ct.sigma**2 - (a * cn.sigma) ** 2
         _, x0 = eps_and_x0(score_fn, x, ct)
-        mean = (a * cs.sigma**2 / ct.sigma**2) * x + (cs.alpha * G2 / ct.sigma**2) * x0
+        mean = (a * cn.sigma**2 / ct.sigma**2) * x + (cn.alpha * G2 / ct.sigma**2) * x0
         if i == n - 1:
             return State(mean)
-        var = G2 * cs.sigma**2 / ct.sigma**2 if self.variance == "posterior" else G2
+        var = G2 * cn.sigma**2 / ct.sigma**2 if self.variance == "posterior" else G2
         return State(mean + math.sqrt(var) * noise(x))
 
 

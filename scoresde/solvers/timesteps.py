@@ -18,8 +18,10 @@ from ..sde import SDE
 __all__ = ["uniform", "quadratic", "log_snr", "karras", "TIME_GRIDS", "get_timesteps"]
 
 
-def _scalar(fn: Callable[[Tensor], Tensor], t: float) -> float:
-    return float(fn(torch.tensor([t], dtype=torch.float64))[0])
+def _log_snr_ends(sde: SDE, t_end: float) -> tuple[float, float]:
+    """``lambda`` at ``T`` and at ``t_end``, in float64."""
+    lam_T, lam_end = sde.log_snr(torch.tensor([sde.T, t_end], dtype=torch.float64)).tolist()
+    return lam_T, lam_end
 
 
 def uniform(sde: SDE, t_end: float, steps: int) -> Tensor:
@@ -35,14 +37,14 @@ def quadratic(sde: SDE, t_end: float, steps: int) -> Tensor:
 
 def log_snr(sde: SDE, t_end: float, steps: int) -> Tensor:
     """Evenly spaced in ``lambda = log(alpha/sigma)`` (DPM-Solver's default ``logSNR`` grid)."""
-    lam = torch.linspace(_scalar(sde.log_snr, sde.T), _scalar(sde.log_snr, t_end), steps + 1, dtype=torch.float64)
+    lam = torch.linspace(*_log_snr_ends(sde, t_end), steps + 1, dtype=torch.float64)
     return _pin_ends(sde.t_from_log_snr(lam), sde.T, t_end)
 
 
 def karras(sde: SDE, t_end: float, steps: int, rho: float = 7.0) -> Tensor:
     """EDM's grid (Karras et al., 2022, eq. 5) in ``sigma/alpha = e^{-lambda}``:
     ``s_i = (s_max^{1/rho} + i/N (s_min^{1/rho} - s_max^{1/rho}))^rho``, ``rho = 7``; ends at ``t_end`` (not 0)."""
-    s_max, s_min = (math.exp(-_scalar(sde.log_snr, t)) for t in (sde.T, t_end))
+    s_max, s_min = (math.exp(-lam) for lam in _log_snr_ends(sde, t_end))
     i = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     s = (s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     return _pin_ends(sde.t_from_log_snr(-torch.log(s)), sde.T, t_end)
