@@ -1,12 +1,18 @@
 """scoresde: score-based generative modelling with stochastic differential equations.
 
-The core (SDEs, analytic targets, parameterization, losses, solvers, sampling) is plain PyTorch; the Lightning layer
+The core (SDEs, analytic targets, parameterization, losses, solvers, sampling, likelihood, latent space) is plain PyTorch; the Lightning layer
 (training, data, CLI) lives in :mod:`scoresde.lightning` and is imported only when used.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from .analytic import GaussianMixture as GaussianMixture
+from .interpolate import decode as decode
+from .interpolate import encode as encode
+from .interpolate import interpolate as interpolate
+from .likelihood import LikelihoodResult as LikelihoodResult
+from .likelihood import bits_per_dim as bits_per_dim
+from .likelihood import log_likelihood as log_likelihood
 from .losses import DSMLoss as DSMLoss
 from .parametrization import ScoreModel as ScoreModel
 from .sample import SampleResult as SampleResult

@@ -58,8 +58,9 @@ class DataTransform:
         """What to add to ``-log2 p_z / D`` to get bits/dim of the raw data (see module docstring)."""
         return (math.log2(self.levels) if self.levels is not None else 0.0) - math.log2(self.scale)
 
-    def forward(self, raw: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """Raw data → model space (float32 unless ``raw`` is float64)."""
+    def forward(self, raw: Tensor, *, generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
+        """Raw data → model space (float32 unless ``raw`` is float64). The dequantization noise is drawn from
+        ``generator``, or given as ``u`` (shaped like ``raw``, in ``[0, 1)``; e.g. per-sample streams)."""
         dtype = raw.dtype if raw.dtype == torch.float64 else torch.float32
         y = raw.to(dtype)
         if self.levels is not None:
@@ -68,7 +69,13 @@ class DataTransform:
                     f"discrete data must hold integers in [0, {self.levels - 1}], got values in "
                     f"[{float(y.min()):g}, {float(y.max()):g}]; set levels to match your data"
                 )
-            u = torch.rand(y.shape, generator=generator, dtype=dtype, device=y.device) if self.dequantize else 0.5
+            if not self.dequantize:
+                u = 0.5
+            elif u is None:
+                device = generator.device if generator is not None else y.device
+                u = torch.rand(y.shape, generator=generator, dtype=dtype, device=device).to(y.device)
+            elif u.shape != y.shape or bool((u < 0).any()) or bool((u >= 1).any()):
+                raise ValueError(f"u must have the data's shape {tuple(y.shape)} and values in [0, 1)")
             y = (y + u) / self.levels
         return self.scale * y + self.shift
 

@@ -1,0 +1,272 @@
+"""Likelihood, bits/dim and the ODE latent space, checked against the analytic mixture's exact densities.
+
+The probability-flow likelihood returns ``log p_{t_eps}(x)`` with the prior ``N(0, I)`` standing in for ``p_T``. The
+exact mixture gives both ``p_T`` (so the prior mismatch can be removed: ``prior_logp=exact p_T``) and ``p_0``, so what
+remains is the ODE solver's error and the ``t_eps`` cut-off, which must be below 1e-3 bits/dim.
+"""
+
+import math
+
+import pytest
+import torch
+
+from scoresde import VESDE, VPSDE, GaussianMixture, SubVPSDE, bits_per_dim, decode, encode, log_likelihood
+from scoresde.interpolate import interpolate, lerp, slerp
+from scoresde.likelihood import divergence, nats_to_bits_per_dim
+from scoresde.noise import PerSampleNoise, derive_seeds
+from scoresde.transforms import DataTransform
+
+F64 = torch.float64
+LN2 = math.log(2.0)
+
+
+@pytest.fixture(scope="module")
+def gm16():
+    """16-D, four components, covariance eigenvalues over two decades."""
+    return GaussianMixture.random(16, k=4, cond=100.0, scale=0.5, seed=2)
+
+
+def _exact_pT(mix, sde):
+    return lambda z: mix.log_prob(z, torch.full((z.shape[0],), sde.T, dtype=F64), sde)
+
+
+def _bpd_error(mix, sde, x, res, reference_t=None):
+    """Mean |bits/dim error| of ``integral + log p_T(z)`` (exact p_T) against exact ``log p_0`` (or ``p_t``)."""
+    t = None if reference_t is None else torch.full((x.shape[0],), reference_t, dtype=F64)
+    exact = mix.log_prob(x, t, sde if t is not None else None)
+    corrected = res.integral + _exact_pT(mix, sde)(res.z)
+    return float((corrected - exact).abs().mean()) / (x[0].numel() * LN2)
+
+
+@pytest.mark.parametrize("sde_cls", [VPSDE, SubVPSDE], ids=["vp", "subvp"])
+@pytest.mark.parametrize("target", ["ring2d", "mix16d"])
+def test_exact_trace_likelihood_matches_log_p0(sde_cls, target, ring, gm16):
+    mix = ring if target == "ring2d" else gm16
+    sde = sde_cls()
+    x = mix.sample(48, generator=torch.Generator().manual_seed(0), dtype=F64)
+    res = log_likelihood(mix.score_fn(sde), sde, x)
+    assert _bpd_error(mix, sde, x, res) < 1e-3
+    # The parts add up, the latent is a plausible prior draw, and the prior mismatch at T is what was corrected.
+    torch.testing.assert_close(res.logp, res.prior + res.integral)
+    assert res.z.shape == x.shape and 30 < res.nfe < 500
+    mismatch = (res.prior - _exact_pT(mix, sde)(res.z)).abs().mean() / (x[0].numel() * LN2)
+    # VP/sub-VP with beta_max = 20 leave alpha_T = 6.6e-3: pointwise the prior is off by about alpha_T mu_k·z nats.
+    assert mismatch < 5e-3
+
+
+def test_ve_likelihood_is_that_of_p_at_sigma_min(ring):
+    """VE never reaches sigma = 0: its model density is p_0 convolved with N(0, sigma_min²), i.e. p_{t_eps}."""
+    sde = VESDE(sigma_min=0.01, sigma_max=50.0)
+    x = ring.sample(48, generator=torch.Generator().manual_seed(0), dtype=F64)
+    res = log_likelihood(ring.score_fn(sde), sde, x)
+    assert _bpd_error(ring, sde, x, res, reference_t=1e-5) < 1e-3
+    assert _bpd_error(ring, sde, x, res) > 1e-3  # against p_0 the smoothing by sigma_min shows
+
+
+def test_prior_mismatch_is_negligible_when_p_T_is_the_prior(ring):
+    sde = VESDE(sigma_min=0.01, sigma_max=100.0)  # p_T = ring * N(0, 100²) ≈ N(0, 100² I)
+    x = ring.sample(32, generator=torch.Generator().manual_seed(1), dtype=F64)
+    res = log_likelihood(ring.score_fn(sde), sde, x)
+    exact = ring.log_prob(x, torch.full((32,), 1e-5, dtype=F64), sde)
+    assert float((res.logp - exact).abs().mean()) / (2 * LN2) < 1e-3
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_divergence_is_unbiased(probe, gm16):
+    sde = VPSDE()
+    x = gm16.sample(1, generator=torch.Generator().manual_seed(3), dtype=F64).requires_grad_(True)
+    t = torch.full((1,), 0.05, dtype=F64)
+    v = sde.probability_flow(gm16.score_fn(sde)).drift(x, t)
+    exact = divergence(v, x)
+    g = torch.Generator().manual_seed(4)
+    eps = torch.randn(4000, 1, 16, generator=g, dtype=F64)
+    if probe == "rademacher":
+        eps = eps.sign()
+    est = torch.stack([divergence(v, x, e[None]) for e in eps])[:, 0]
+    se = est.std() / math.sqrt(len(est))
+    assert abs(float(est.mean() - exact[0])) < 4 * float(se)
+    assert float(se) > 1e-3 * abs(float(exact[0]))  # the estimator is noisy per probe: the check has teeth
+
+
+def test_hutchinson_log_likelihood_is_unbiased_with_probes_fixed_per_solve(gm16):
+    sde = VPSDE()
+    x1 = gm16.sample(1, generator=torch.Generator().manual_seed(5), dtype=F64)
+    x = x1.expand(256, 16).clone()  # one point, 256 independent probes (one per row, each fixed for its solve)
+    exact = log_likelihood(gm16.score_fn(sde), sde, x1)
+    hutch = log_likelihood(gm16.score_fn(sde), sde, x, trace="hutchinson", noise=PerSampleNoise(derive_seeds(0, 0, 256)))
+    se = hutch.logp.std() / 16
+    assert abs(float(hutch.logp.mean() - exact.logp[0])) < 4 * float(se)
+    # A probe redrawn at every call would make the right-hand side noisy and the adaptive solver take far more steps.
+    assert hutch.nfe < 1.5 * exact.nfe
+    several = log_likelihood(gm16.score_fn(sde), sde, x[:64], trace="hutchinson", n_probes=4,
+                             noise=PerSampleNoise(derive_seeds(1, 0, 64)))
+    assert several.logp.std() < 0.75 * hutch.logp[:64].std()  # 4 probes halve the standard deviation
+
+
+def test_a_sample_is_as_accurate_alone_as_in_a_batch(gm16):
+    sde = VPSDE()
+    x = gm16.sample(32, generator=torch.Generator().manual_seed(6), dtype=F64)
+    score = gm16.score_fn(sde)
+    batch = log_likelihood(score, sde, x).logp
+    alone = torch.cat([log_likelihood(score, sde, x[i : i + 1]).logp for i in (0, 7, 31)])
+    exact = gm16.log_prob(x[[0, 7, 31]], torch.full((3,), 1e-5, dtype=F64), sde)
+    nats_per_bpd = 16 * LN2
+    # Alone or among 31 others, a sample's log-density agrees to a fifth of the 1e-3 bits/dim target ...
+    assert float((alone - batch[[0, 7, 31]]).abs().max()) < 2e-4 * nats_per_bpd
+    # ... and both are within the target of the exact density (plus the prior mismatch bounded above).
+    assert float((alone - exact).abs().max()) < (5e-3 + 1e-3) * nats_per_bpd
+
+
+def test_log_likelihood_runs_under_inference_mode_and_no_grad(ring):
+    sde = VPSDE()
+    x = ring.sample(8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    ref = log_likelihood(ring.score_fn(sde), sde, x).logp
+    with torch.inference_mode():
+        xi = x.clone()
+        inf = log_likelihood(ring.score_fn(sde), sde, xi).logp
+    with torch.no_grad():
+        ng = log_likelihood(ring.score_fn(sde), sde, x).logp
+    torch.testing.assert_close(inf, ref)
+    torch.testing.assert_close(ng, ref)
+
+
+# ---- bits/dim offsets ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "transform, offset",
+    [
+        (DataTransform.discrete(256, 0.0, 1.0), 8.0),  # 8-bit to [0, 1]: (x·255 + u)/256
+        (DataTransform.discrete(256, -1.0, 1.0), 7.0),  # then to [-1, 1]: the scale 2 takes one bit
+        (DataTransform.discrete(17, -1.0, 1.0), math.log2(17) - 1),  # scikit-learn digits
+        (DataTransform.discrete(2, 0.0, 1.0), 1.0),  # binary
+        (DataTransform.identity(), 0.0),  # continuous data used as is
+        (DataTransform(scale=4.0), -2.0),  # continuous data scaled by 4: density per raw unit is 4× larger
+    ],
+)
+def test_bpd_offsets_by_hand(transform, offset):
+    assert transform.bpd_offset == pytest.approx(offset, abs=1e-12)
+
+
+def test_offset_turns_a_dequantized_density_into_a_bound_on_discrete_bits():
+    """For 2-D data with 16 levels mapped to [-1, 1] and a known model density p_z, the exact discrete probability
+    P(raw) = ∫_cell p_z dz (by quadrature) and the dequantized estimate E_u[-log2 p_z]/D + offset must satisfy
+    Jensen's bound and agree closely (the density is smooth on the scale of one cell)."""
+    covs = torch.tensor([[[0.1, 0.02], [0.02, 0.3]], [[0.25, 0.0], [0.0, 0.15]]], dtype=F64)
+    model = GaussianMixture([0.6, 0.4], [[-0.3, 0.2], [0.4, -0.1]], covs)
+    tf = DataTransform.discrete(16, -1.0, 1.0)
+    raw = torch.tensor([[5, 9], [10, 7], [8, 8], [3, 12]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([model.log_prob(tf.forward(raw.double(), generator=g)) for _ in range(4000)])  # (R, N)
+    estimate = nats_to_bits_per_dim(draws.mean(0), 2, tf.bpd_offset)
+    # Exact P(raw) by a 200 × 200 midpoint rule over each cell of side 2/16 in z-space.
+    m = 200
+    u = (torch.arange(m, dtype=F64) + 0.5) / m
+    uu = torch.stack(torch.meshgrid(u, u, indexing="ij"), -1).reshape(-1, 2)
+    exact = []
+    for r in raw.double():
+        z = tf.scale * (r + uu) / tf.levels + tf.shift
+        cell = (tf.scale / tf.levels) ** 2
+        exact.append(torch.logsumexp(model.log_prob(z), 0) - math.log(m * m) + math.log(cell))
+    exact_bpd = -torch.stack(exact) / (2 * LN2)
+    assert bool((estimate >= exact_bpd - 2e-3).all())  # the bound (up to the Monte Carlo error of 4000 draws)
+    assert float((estimate - exact_bpd).abs().max()) < 0.05
+
+
+def test_bits_per_dim_end_to_end_with_repeats_and_standard_error(ring):
+    sde = VPSDE()
+    tf = DataTransform(scale=0.5)  # continuous raw data, twice the model's scale
+    raw = 2 * ring.sample(40, generator=torch.Generator().manual_seed(2), dtype=F64)
+    out = bits_per_dim(ring.score_fn(sde), sde, raw, tf, repeats=3)
+    assert out.bpd.shape == (1, 40)  # continuous data: one draw is all there is
+    exact = -(ring.log_prob(raw * 0.5) + 2 * math.log(0.5)) / (2 * LN2)  # log p_raw = log p_z + D log(scale)
+    assert float((out.per_sample - exact).abs().mean()) < 2e-3  # includes the VP prior mismatch
+    assert out.stderr == pytest.approx(float(out.per_sample.std() / math.sqrt(40)))
+    disc = DataTransform.discrete(16, -1.0, 1.0)
+    raw16 = disc.inverse(ring.sample(12, generator=torch.Generator().manual_seed(3), dtype=F64) * 0.4)
+    two = bits_per_dim(ring.score_fn(sde), sde, raw16, disc, repeats=2, generator=torch.Generator().manual_seed(0))
+    assert two.bpd.shape == (2, 12) and not torch.equal(two.bpd[0], two.bpd[1])  # redrawn dequantization noise
+    assert str(two).endswith("(N=12, 2 draws)")
+
+
+# ---- latent space -------------------------------------------------------------------------------------------------
+def test_decode_inverts_encode_at_tight_tolerance(gm16):
+    sde = VPSDE()
+    x = gm16.sample(16, generator=torch.Generator().manual_seed(7), dtype=F64)
+    s = gm16.score_fn(sde)
+    z = encode(s, sde, x, rtol=1e-8, atol=1e-8)
+    back = decode(s, sde, z, rtol=1e-8, atol=1e-8)
+    assert float(((back - x).norm(dim=1) / x.norm(dim=1)).max()) < 1e-4
+    # The latents of data are prior draws: ‖z‖² / D ≈ 1 (chi-square with 16 × 16 degrees of freedom in all).
+    assert abs(float(z.pow(2).mean()) - 1.0) < 0.35
+
+
+def test_interpolation_endpoints_reproduce_the_inputs(gm16):
+    sde = VPSDE()
+    x = gm16.sample(6, generator=torch.Generator().manual_seed(8), dtype=F64)
+    for kind in ("slerp", "lerp"):
+        out = interpolate(gm16.score_fn(sde), sde, x[:3], x[3:], 5, kind=kind, rtol=1e-8, atol=1e-8)
+        assert out.x.shape == (3, 5, 16) and out.z.shape == (3, 5, 16)
+        torch.testing.assert_close(out.x[:, 0], x[:3], rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.x[:, -1], x[3:], rtol=0, atol=1e-5)
+
+
+def test_slerp_and_lerp_geometry():
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(4, 3, 8, 8, generator=g, dtype=F64), torch.randn(4, 3, 8, 8, generator=g, dtype=F64)
+    w = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=F64)
+    s, l = slerp(z0, z1, w), lerp(z0, z1, w)
+    for path in (s, l):
+        torch.testing.assert_close(path[:, 0], z0)
+        torch.testing.assert_close(path[:, -1], z1)
+    torch.testing.assert_close(l[:, 2], (z0 + z1) / 2)
+    # Two equal-norm vectors: slerp stays on their sphere, lerp cuts inside it.
+    a = torch.tensor([[3.0, 0.0]], dtype=F64)
+    b = torch.tensor([[0.0, 3.0]], dtype=F64)
+    torch.testing.assert_close(slerp(a, b, w).norm(dim=-1), torch.full((1, 4), 3.0, dtype=F64))
+    assert float(lerp(a, b, w)[0, 2].norm()) == pytest.approx(3 / math.sqrt(2))
+    torch.testing.assert_close(slerp(a, a, w), a[:, None].expand(1, 4, 2))  # parallel: no division by sin 0
+
+
+def test_temperature_scales_the_latents(ring):
+    sde = VPSDE()
+    x = ring.sample(4, generator=torch.Generator().manual_seed(9), dtype=F64)
+    hot = interpolate(ring.score_fn(sde), sde, x[:2], x[2:], 3, temperature=0.5)
+    cold = interpolate(ring.score_fn(sde), sde, x[:2], x[2:], 3, z0=hot.z[:, 0] / 0.5, z1=hot.z[:, -1] / 0.5)
+    torch.testing.assert_close(hot.z, 0.5 * cold.z)
+
+
+def test_gradcheck_through_encode():
+    sde = VPSDE()
+    mix = GaussianMixture.ring(k=3)
+    x = mix.sample(2, generator=torch.Generator().manual_seed(0), dtype=F64).requires_grad_(True)
+    s = mix.score_fn(sde)
+    # The fixed-step solve is a smooth map of x, so its derivative must match finite differences exactly.
+    assert torch.autograd.gradcheck(lambda a: encode(s, sde, a, method="rk4", method_options={"step_size": 0.05}), (x,))
+    # The adaptive solve's gradient (autograd through dopri5's steps) agrees with it to the solvers' accuracy.
+    fixed = torch.autograd.functional.jacobian(lambda a: encode(s, sde, a, method="rk4", method_options={"step_size": 0.01}), x)
+    adaptive = torch.autograd.functional.jacobian(lambda a: encode(s, sde, a, rtol=1e-8, atol=1e-8), x)
+    torch.testing.assert_close(adaptive, fixed, rtol=1e-3, atol=1e-4)
+
+
+# ---- errors -------------------------------------------------------------------------------------------------------
+def test_bad_arguments_are_explained(ring):
+    sde = VPSDE()
+    s = ring.score_fn(sde)
+    x = ring.sample(4, dtype=F64)
+    with pytest.raises(ValueError, match=r"t_eps must lie in \[0, T\)"):
+        log_likelihood(s, sde, x, t_eps=1.0)
+    with pytest.raises(ValueError, match="unknown trace 'hutch'; use 'exact'"):
+        log_likelihood(s, sde, x, trace="hutch")
+    with pytest.raises(ValueError, match="unknown probe 'uniform'"):
+        log_likelihood(s, sde, x, trace="hutchinson", probe="uniform")
+    with pytest.raises(ValueError, match="batch dim first"):
+        log_likelihood(s, sde, x[0])
+    with pytest.raises(ValueError, match="at least 2 points"):
+        interpolate(s, sde, x[:2], x[2:], 1)
+    with pytest.raises(ValueError, match="same shape"):
+        interpolate(s, sde, x[:2], x[1:], 3)
+    with pytest.raises(ValueError, match="unknown interpolation 'cubic'"):
+        interpolate(s, sde, x[:2], x[2:], 3, kind="cubic")
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        bits_per_dim(s, sde, x, DataTransform.identity(), repeats=0)
+    with pytest.raises(ValueError, match=r"values in \[0, 1\)"):
+        DataTransform.discrete(16).forward(torch.zeros(2, 2), u=torch.ones(2, 2))
