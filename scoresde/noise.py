@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["PerSampleNoise", "derive_seeds", "splitmix64"]
+__all__ = ["PerSampleNoise", "derive_seeds", "index_seeds", "splitmix64"]
 
 
 def _signed(c: int) -> int:
@@ -46,8 +46,13 @@ def derive_seeds(seed: int, start: int, n: int, device: torch.device | str | Non
     Sample ``j``'s seed depends on ``(seed, j)`` only, so a run split into any batches, shards or devices draws the
     same samples.
     """
-    j = torch.arange(start, start + n, dtype=torch.int64, device=device)
-    return splitmix64(splitmix64(torch.tensor(seed, dtype=torch.int64, device=device) * _GOLDEN + 1) + j * _GOLDEN)
+    return index_seeds(seed, torch.arange(start, start + n, dtype=torch.int64, device=device))
+
+
+def index_seeds(seed: int, index: Tensor) -> Tensor:
+    """Seeds of the samples with indices ``index: (n,)`` (any order, e.g. one rank's share of a dataset): ``(n,)``."""
+    j = index.to(torch.int64)
+    return splitmix64(splitmix64(torch.tensor(seed, dtype=torch.int64, device=j.device) * _GOLDEN + 1) + j * _GOLDEN)
 
 
 class PerSampleNoise:

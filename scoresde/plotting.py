@@ -12,7 +12,7 @@ from torch import Tensor
 from ._utils import atomic_path
 from .analytic import GaussianMixture
 
-__all__ = ["plot_2d", "image_grid", "save_figure"]
+__all__ = ["plot_2d", "image_grid", "save_figure", "plot_interpolation"]
 
 
 def _pyplot():
@@ -105,6 +105,51 @@ def image_grid(
         ax.imshow(tiled.squeeze(-1) if tiled.shape[-1] == 1 else tiled, cmap="gray_r" if tiled.shape[-1] == 1 else None, vmin=0, vmax=1)
         ax.set_title(name)
         ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_interpolation(
+    paths: dict[str, Tensor],
+    bpd: dict[str, np.ndarray],
+    weights: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    data: Tensor | None = None,
+    title: str = "",
+) -> Path:
+    """One panel per interpolation (``paths[label]``: ``(K, M, 2)`` points drawn as paths over ``data``, or
+    ``(K, M, C, H, W)`` images in ``[0, 1]`` as strips, a row per pair) and one of bits/dim along the path
+    (``bpd[label]``: ``(K, M)``; mean over pairs ± standard error)."""
+    plt = _pyplot()
+    labels = list(paths)
+    fig, axes = plt.subplots(1, len(labels) + 1, figsize=(4.2 * (len(labels) + 1), 4.4), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        p = paths[label].detach().cpu().double()
+        if p.ndim == 3:  # 2-D points
+            if data is not None:
+                d = data.detach().cpu().double().numpy()[:4000]
+                ax.scatter(d[:, 0], d[:, 1], s=2, c="0.7", linewidths=0)
+            for k, pk in enumerate(p.numpy()):
+                ax.plot(pk[:, 0], pk[:, 1], "-o", ms=3, lw=1, color=plt.cm.tab10(k % 10))
+            ax.set_aspect("equal")
+        else:
+            K, M = p.shape[:2]
+            tiled = _tile(p.reshape(K * M, *p.shape[2:]).clamp(0, 1).numpy(), M)
+            ax.imshow(tiled.squeeze(-1) if tiled.shape[-1] == 1 else tiled, cmap="gray_r" if tiled.shape[-1] == 1 else None, vmin=0, vmax=1)
+            ax.axis("off")
+        ax.set_title(label)
+    ax = axes[0, -1]
+    for label in labels:
+        b = np.asarray(bpd[label])
+        mean, se = b.mean(0), b.std(0, ddof=1) / np.sqrt(len(b)) if len(b) > 1 else np.zeros(b.shape[1])
+        ax.plot(weights, mean, "-o", ms=3, label=label)
+        ax.fill_between(weights, mean - se, mean + se, alpha=0.2)
+    ax.set_xlabel("interpolation weight")
+    ax.set_ylabel("bits/dim of the decoded point")
+    ax.set_title("likelihood along the path (mean ± s.e. over pairs)")
+    ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)

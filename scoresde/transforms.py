@@ -76,6 +76,8 @@ class DataTransform:
                 u = torch.rand(y.shape, generator=generator, dtype=dtype, device=device).to(y.device)
             elif u.shape != y.shape or bool((u < 0).any()) or bool((u >= 1).any()):
                 raise ValueError(f"u must have the data's shape {tuple(y.shape)} and values in [0, 1)")
+            else:
+                u = u.to(device=y.device, dtype=dtype)
             y = (y + u) / self.levels
         return self.scale * y + self.shift
 

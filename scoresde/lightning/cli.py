@@ -4,6 +4,8 @@
     scoresde fit --config experiments/digits_vp.yaml --trainer.max_epochs 50
     scoresde fit --help
     scoresde sample --ckpt runs/toy_vp/checkpoints/last.ckpt --solver dpm_solver_pp --steps 20 --n 1000 --out samples/
+    scoresde likelihood --ckpt runs/digits_vp/checkpoints/last.ckpt --split test --repeats 5 --out bpd/
+    scoresde interpolate --ckpt runs/digits_vp/checkpoints/last.ckpt --pairs 4 --steps 9 --out interp/
 
 The DataModule's ``data_shape`` and ``transform`` are linked into the model. Logging goes to Weights & Biases in
 offline mode unless the config says otherwise (``wandb sync`` uploads later).
@@ -52,14 +54,23 @@ def cli(args: Sequence[str] | None = None, run: bool = True) -> ScoreCLI:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``scoresde`` console script: LightningCLI's subcommands plus ``sample``."""
+    """Entry point of the ``scoresde`` console script: LightningCLI's subcommands plus ``sample``, ``likelihood`` and
+    ``interpolate``."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == ["sample"]:
         from .sampling import sample_command
 
         sample_command(argv[1:])
-        return
-    cli(argv)
+    elif argv[:1] == ["likelihood"]:
+        from .likelihood import likelihood_command
+
+        likelihood_command(argv[1:])
+    elif argv[:1] == ["interpolate"]:
+        from .interpolation import interpolate_command
+
+        interpolate_command(argv[1:])
+    else:
+        cli(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -157,6 +157,7 @@ class ToyDataModule(TensorDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
         if name not in TOY_DATASETS:
             raise ValueError(f"unknown toy dataset {name!r}; available: {', '.join(TOY_DATASETS)}")
         if name == "mixture" and mixture is None:
@@ -212,6 +213,7 @@ class DigitsDataModule(_ImageDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
         from sklearn.datasets import load_digits
 
         images = torch.from_numpy(load_digits().images.astype(np.uint8)).unsqueeze(1)
@@ -255,6 +257,7 @@ class NpzDataModule(TensorDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
         arr = self._load(Path(path), key)
         val, test = _split_sizes(len(arr), val_fraction, test_fraction)
         discrete = np.issubdtype(arr.dtype, np.integer) or levels is not None
@@ -318,6 +321,7 @@ class ImageFolderDataModule(_ImageDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
         from PIL import Image
 
         if mode not in ("L", "RGB"):

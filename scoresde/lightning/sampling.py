@@ -29,6 +29,7 @@ from .. import plotting
 from .._utils import atomic_path
 from ..noise import derive_seeds
 from ..solvers import SOLVERS, TIME_GRIDS, get_solver
+from .loading import load_model
 from .module import ScoreModule
 
 __all__ = ["build_parser", "sample_command", "run_sampling"]
@@ -98,12 +99,7 @@ def run_sampling(cfg: dict[str, Any], out: Path, device: torch.device, progress:
     if cfg["n"] < 1 or cfg["batch_size"] < 1:
         raise ValueError(f"--n and --batch-size must be positive, got n={cfg['n']}, batch_size={cfg['batch_size']}")
     ckpt = Path(cfg["ckpt"])
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} not found; `scoresde fit` writes them under <default_root_dir>/checkpoints/")
-    # The hyperparameters hold the linked DataTransform object, which torch's weights-only loader refuses; load only
-    # checkpoints you trust (your own `scoresde fit` runs).
-    model = ScoreModule.load_from_checkpoint(ckpt, map_location=device, weights_only=False)
-    model.eval()
+    model = load_model(ckpt, device)
     solver = cfg["solver"] or model.hparams.sampler
     options = {**(model.hparams.get("sampler_options") or {} if cfg["solver"] is None else {}), **cfg["options"]}
     get_solver(solver, **options)  # fail on a bad name or option before any work
