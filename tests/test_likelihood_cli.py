@@ -1,0 +1,106 @@
+"""``scoresde likelihood`` and ``scoresde interpolate`` on small checkpoints: outputs, resumption, several processes."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scoresde.lightning.cli import main
+from scoresde.lightning.likelihood import gaussian_logp
+from tests.test_sample_cli import digits_ckpt, toy_ckpt  # noqa: F401  (module-scoped fixtures)
+
+FAST = ["--rtol", "1e-4", "--atol", "1e-4", "--progress", "false"]
+
+
+def _likelihood(ckpt, out, *extra):
+    main(["likelihood", "--ckpt", str(ckpt), "--out", str(out), *FAST, *extra])
+    return np.load(out / "likelihood.npz"), json.loads((out / "summary.json").read_text())
+
+
+def test_likelihood_table_resumes_and_does_not_depend_on_batch_size(toy_ckpt, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "a"
+    res, summary = _likelihood(toy_ckpt, out, "--limit", "6", "--batch-size", "4")
+    assert res["bpd"].shape == (6, 1) and list(res["index"]) == list(range(6))
+    assert summary["bpd"] == pytest.approx(res["bpd"].mean())
+    assert summary["bpd_stderr"] == pytest.approx(res["bpd"][:, 0].std(ddof=1) / math.sqrt(6))
+    assert summary["trace"] == "exact" and summary["offset"] == 0.0 and summary["nfe"] > 10
+    assert "bits/dim" in capsys.readouterr().out
+    # Interrupted: one part lost. The rerun computes only that part, and gets the same numbers.
+    parts = sorted((out / "parts").glob("part_*.npz"))
+    assert len(parts) == 2
+    parts[1].unlink()
+    again, _ = _likelihood(toy_ckpt, out, "--limit", "6", "--batch-size", "4")
+    np.testing.assert_array_equal(again["bpd"], res["bpd"])
+    # Another batch size: each point meets the tolerance on its own; the numbers agree to the solver's global error.
+    other, _ = _likelihood(toy_ckpt, tmp_path / "b", "--limit", "6", "--batch-size", "6")
+    np.testing.assert_allclose(other["bpd"], res["bpd"], atol=0.02)
+    with pytest.raises(ValueError, match="other settings \\(rtol differ\\)"):
+        main(["likelihood", "--ckpt", str(toy_ckpt), "--out", str(out), "--limit", "6", "--batch-size", "4",
+              "--rtol", "1e-3", "--atol", "1e-4", "--progress", "false"])
+
+
+def test_likelihood_on_two_processes_matches_one(toy_ckpt, tmp_path):  # noqa: F811
+    """7 points over 2 ranks in batches of 2: the ranks run different numbers of batches and steps, and must neither
+    hang nor lose or duplicate points."""
+    one, _ = _likelihood(toy_ckpt, tmp_path / "one", "--limit", "7", "--batch-size", "2")
+    two, _ = _likelihood(toy_ckpt, tmp_path / "two", "--limit", "7", "--batch-size", "2", "--devices", "2",
+                         "--accelerator", "cpu", "--strategy", "ddp_fork")
+    assert list(two["index"]) == list(range(7))
+    np.testing.assert_allclose(two["bpd"], one["bpd"], atol=0.02)
+
+
+def test_digits_bits_per_dim_with_repeats_and_offset(digits_ckpt, tmp_path):  # noqa: F811
+    res, summary = _likelihood(digits_ckpt, tmp_path / "d", "--limit", "4", "--repeats", "2", "--trace", "hutchinson",
+                               "--batch-size", "4")
+    assert res["bpd"].shape == (4, 2) and not np.array_equal(res["bpd"][:, 0], res["bpd"][:, 1])
+    assert summary["offset"] == pytest.approx(math.log2(17) - 1) and summary["repeats"] == 2
+    np.testing.assert_allclose(res["bpd"], -(res["prior"] + res["integral"]) / (64 * math.log(2)) + summary["offset"])
+    # The Gaussian baseline: the same points and dequantization draws, paired gain.
+    assert res["gaussian_bpd"].shape == (4, 2)
+    gain = res["gaussian_bpd"].mean(1) - res["bpd"].mean(1)
+    assert summary["gain_over_gaussian"] == pytest.approx(gain.mean())
+    assert summary["gaussian_bpd"] == pytest.approx(res["gaussian_bpd"].mean())
+
+
+def test_gaussian_baseline_is_the_exact_fitted_density():
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(0)
+    train = torch.from_numpy(rng.normal(size=(500, 5)) @ rng.normal(size=(5, 5)) + 3.0)
+    x = torch.from_numpy(rng.normal(size=(7, 5)))
+    mean, cov = train.numpy().mean(0), np.cov(train.numpy().T, bias=True)
+    np.testing.assert_allclose(gaussian_logp(train, x).numpy(), multivariate_normal(mean, cov).logpdf(x.numpy()), rtol=1e-10)
+    with pytest.raises(ValueError, match="needs more than 5 train points"):
+        gaussian_logp(train[:5], x)
+    with pytest.raises(ValueError, match="singular"):
+        gaussian_logp(torch.cat([train[:, :4], torch.zeros(500, 1)], 1), x)
+
+
+def test_likelihood_refuses_data_with_another_transform(toy_ckpt, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="trained on data mapped by .* but --data maps by"):
+        main(["likelihood", "--ckpt", str(toy_ckpt), "--data", "DigitsDataModule", "--out", str(tmp_path), *FAST])
+    with pytest.raises(ValueError, match="is not a DataModule"):
+        main(["likelihood", "--ckpt", str(toy_ckpt), "--data", "[1, 2]", "--out", str(tmp_path), *FAST])
+
+
+def test_interpolation_study(toy_ckpt, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "i"
+    main(["interpolate", "--ckpt", str(toy_ckpt), "--pairs", "2", "--steps", "3", "--temperatures", "[1.0, 0.5]",
+          "--rtol", "1e-6", "--atol", "1e-6", "--out", str(out)])
+    res = np.load(out / "interpolation.npz")
+    assert res["x"].shape == (4, 2, 3, 2) and res["bpd"].shape == (4, 2, 3)  # (kinds × temperatures, K, M, D)
+    # A 30-step float32 model: its flow near t_eps is stiff, so the round trip is only good to ~1e-2 here; the
+    # 1e-4 bound at tight tolerance is checked against the analytic score in test_likelihood.py.
+    assert res["roundtrip_rel_error"].max() < 3e-2
+    ends = res["endpoints"]
+    for first, end in ((res["x"][0][:, 0], ends[0::2]), (res["x"][0][:, -1], ends[1::2])):  # slerp at T = 1 ends at x_0, x_1
+        assert (np.linalg.norm(first - end, axis=1) / np.linalg.norm(end, axis=1)).max() < 3e-2
+    with open(out / "interpolation.csv") as fh:
+        assert sum(1 for _ in csv.reader(fh)) == 1 + 4 * 2 * 3
+    assert (out / "interpolation.png").stat().st_size > 10_000
+    assert "round trip" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--pairs 5000 needs 10000 points"):
+        main(["interpolate", "--ckpt", str(toy_ckpt), "--pairs", "5000", "--out", str(out)])
