@@ -29,6 +29,11 @@ def test_fit_writes_picture_and_summary(tmp_path, monkeypatch):
     assert (out / "checkpoints" / "last.ckpt").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 20 and summary["score_rel_error"] > 0 and summary["frechet_floor"] > 0
+    # Resume: the run continues from step 20 (the checkpoint holds objects, so this needs the full load).
+    c = cli(["fit", "--config", str(config), "--trainer.max_steps", "25", "--trainer.enable_progress_bar", "false",
+             "--model.sample_steps", "20", "--ckpt_path", str(out / "checkpoints" / "last.ckpt")])
+    assert c.trainer.ckpt_path == str(out / "checkpoints" / "last.ckpt")
+    assert c.trainer.global_step == 25 and json.loads((out / "summary.json").read_text())["steps"] == 25
 
 
 @pytest.mark.parametrize(

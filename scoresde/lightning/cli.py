@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -36,6 +37,31 @@ class ScoreCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.data_shape", "model.data_shape", apply_on="instantiate")
         parser.link_arguments("data.transform", "model.transform", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning re-reads the model's hyperparameters from ``--ckpt_path`` (weights-only) to refill the config.
+        Ours are the instantiated network and SDE, not config values, so the run's own config stays authoritative
+        (pass the experiment's ``--config`` when resuming)."""
+
+    # The subcommands below replace Trainer's (LightningCLI calls a method of the CLI named like the subcommand when
+    # there is one). Checkpoints of `scoresde fit` keep the network, SDE and transform objects in their
+    # hyperparameters, which torch's weights-only loading refuses; they are the user's own files, so `--ckpt_path`
+    # loads them in full unless `--weights_only true` is given.
+    def fit(self, model: L.LightningModule, **kwargs: Any) -> None:
+        self.trainer.fit(model, **_full_load(kwargs))
+
+    def validate(self, model: L.LightningModule, **kwargs: Any) -> Any:
+        return self.trainer.validate(model, **_full_load(kwargs))
+
+    def test(self, model: L.LightningModule, **kwargs: Any) -> Any:
+        return self.trainer.test(model, **_full_load(kwargs))
+
+    def predict(self, model: L.LightningModule, **kwargs: Any) -> Any:
+        return self.trainer.predict(model, **_full_load(kwargs))
+
+
+def _full_load(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {**kwargs, "weights_only": False if kwargs.get("weights_only") is None else kwargs["weights_only"]}
 
 
 def cli(args: Sequence[str] | None = None, run: bool = True) -> ScoreCLI:
