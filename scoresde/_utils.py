@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -64,6 +65,15 @@ def as_time(t: float | Tensor, like: Tensor) -> Tensor:
         t = t.to(device=like.device, dtype=like.dtype)
         return t.expand(B) if t.ndim == 0 else t
     return torch.full((B,), float(t), device=like.device, dtype=like.dtype)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's contents (so a rerun can tell that a checkpoint was overwritten by a new training run)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextmanager

@@ -3,11 +3,14 @@
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from scoresde import GaussianMixture
+from scoresde.lightning import ToyDataModule
 from scoresde.lightning.cli import main
 from scoresde.lightning.likelihood import gaussian_logp
 from tests.test_sample_cli import digits_ckpt, toy_ckpt  # noqa: F401  (module-scoped fixtures)
@@ -28,6 +31,11 @@ def test_likelihood_table_resumes_and_does_not_depend_on_batch_size(toy_ckpt, tm
     assert summary["bpd_stderr"] == pytest.approx(res["bpd"][:, 0].std(ddof=1) / math.sqrt(6))
     assert summary["trace"] == "exact" and summary["offset"] == 0.0 and summary["nfe"] > 10
     assert "bits/dim" in capsys.readouterr().out
+    # The ring's own density, computed here independently; the paired gap is model minus exact.
+    raw = ToyDataModule(name="ring").test_raw[:6].double()
+    exact = -GaussianMixture.ring().log_prob(raw).numpy() / (2 * math.log(2))
+    np.testing.assert_allclose(res["exact_bpd"][:, 0], exact, rtol=1e-12)
+    assert summary["gap_to_exact"] == pytest.approx((res["bpd"][:, 0] - exact).mean())
     # Interrupted: one part lost. The rerun computes only that part, and gets the same numbers.
     parts = sorted((out / "parts").glob("part_*.npz"))
     assert len(parts) == 2
@@ -37,6 +45,16 @@ def test_likelihood_table_resumes_and_does_not_depend_on_batch_size(toy_ckpt, tm
     # Another batch size: each point meets the tolerance on its own; the numbers agree to the solver's global error.
     other, _ = _likelihood(toy_ckpt, tmp_path / "b", "--limit", "6", "--batch-size", "6")
     np.testing.assert_allclose(other["bpd"], res["bpd"], atol=0.02)
+    # Retrained in place: the same checkpoint path with other weights is refused, not silently resumed.
+    ckpt = torch.load(toy_ckpt, map_location="cpu", weights_only=False)
+    first = next(iter(ckpt["state_dict"]))
+    ckpt["state_dict"][first] = ckpt["state_dict"][first] + 1.0
+    retrained = tmp_path / "model.ckpt"
+    shutil.copy(toy_ckpt, retrained)
+    _likelihood(retrained, tmp_path / "c", "--limit", "2")
+    torch.save(ckpt, retrained)
+    with pytest.raises(ValueError, match="other settings \\(ckpt_sha256 differ\\)"):
+        _likelihood(retrained, tmp_path / "c", "--limit", "2")
     with pytest.raises(ValueError, match="other settings \\(rtol differ\\)"):
         main(["likelihood", "--ckpt", str(toy_ckpt), "--out", str(out), "--limit", "6", "--batch-size", "4",
               "--rtol", "1e-3", "--atol", "1e-4", "--progress", "false"])

@@ -11,9 +11,10 @@ collective operation, so ranks may take different numbers of steps (and of batch
 rank 0 merges the parts after one barrier at the end.
 
 Outputs in ``--out``: ``likelihood.npz`` (per point: ``index``, ``bpd (N, R)``, ``logp``, ``prior``, ``integral`` in
-nats, ``nfe``, and ``gaussian_bpd (N, R)``), ``summary.json`` and a printed table with bits/dim mean ± standard error,
+nats, ``nfe``, ``gaussian_bpd (N, R)`` and, for known densities, ``exact_bpd``), ``summary.json`` and a printed table with bits/dim mean ± standard error,
 the mean NFE, and the same points' exact bits/dim under a full-covariance Gaussian fitted to the train split (same
-transform, same dequantization draws, same offset): the baseline any model of the data must beat.
+transform, same dequantization draws, same offset): the baseline any model of the data must beat. Data drawn from a known
+density (``ToyDataModule``'s ring or mixture) also get their exact bits/dim (``exact_bpd``) and the model's gap to it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from .._utils import atomic_path
+from .._utils import atomic_path, file_digest
+from ..analytic import GaussianMixture
 from ..likelihood import log_likelihood, nats_to_bits_per_dim
 from ..noise import PerSampleNoise, index_seeds
 from ..transforms import DataTransform
@@ -146,6 +148,10 @@ def summarize(merged: dict[str, np.ndarray]) -> dict[str, float]:
         gauss = merged["gaussian_bpd"].mean(1)
         s["gaussian_bpd"], s["gaussian_bpd_stderr"] = _mean_stderr(gauss)
         s["gain_over_gaussian"], s["gain_over_gaussian_stderr"] = _mean_stderr(gauss - bpd)
+    if "exact_bpd" in merged:  # the data's own density: E[gap] = KL(data || model) / (D ln 2) >= 0
+        exact = merged["exact_bpd"].mean(1)
+        s["exact_bpd"], s["exact_bpd_stderr"] = _mean_stderr(exact)
+        s["gap_to_exact"], s["gap_to_exact_stderr"] = _mean_stderr(bpd - exact)
     return s
 
 
@@ -196,7 +202,8 @@ def run_likelihood(cfg: dict[str, Any]) -> dict[str, float] | None:
         raise ValueError(f"the {cfg['split']} split is empty")
     dim = raw[0].numel()
     trace = cfg["trace"] if cfg["trace"] != "auto" else ("exact" if dim <= 16 else "hutchinson")
-    run = {**{k: cfg[k] for k in RUN_KEYS}, "trace": trace, "n": len(raw), "data": str(cfg["data"])}
+    run = {**{k: cfg[k] for k in RUN_KEYS}, "trace": trace, "n": len(raw), "data": str(cfg["data"]),
+           "ckpt_sha256": file_digest(cfg["ckpt"])}
 
     out = Path(cfg["out"])
     parts = out / "parts"
@@ -222,6 +229,9 @@ def run_likelihood(cfg: dict[str, Any]) -> dict[str, float] | None:
         return None
     merged = merge_parts(parts, len(raw))
     merged["gaussian_bpd"] = gaussian_baseline(dm.transform, split_of(dm, "train"), raw, cfg["seed"], merged["bpd"].shape[1])
+    target = getattr(dm, "target", None)
+    if isinstance(target, GaussianMixture) and dm.transform.levels is None:  # data drawn from a known density
+        merged["exact_bpd"] = (-target.log_prob(raw.double()) / (dim * math.log(2))).numpy()[:, None]
     with atomic_path(out / "likelihood.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **merged)
     summary = {**summarize(merged), "offset": dm.transform.bpd_offset, "trace": trace, "split": cfg["split"]}
@@ -238,6 +248,9 @@ def _table(s: dict[str, Any], dim: int) -> str:
         ("Gaussian fit", f"{s['gaussian_bpd']:.4f} ± {s['gaussian_bpd_stderr']:.4f} (full covariance, fitted to train)"),
         ("gain", f"{s['gain_over_gaussian']:.4f} ± {s['gain_over_gaussian_stderr']:.4f} bits/dim below the Gaussian "
                  "(paired s.e.)"),
+        *([("exact", f"{s['exact_bpd']:.4f} ± {s['exact_bpd_stderr']:.4f} (the data's own density; the model is "
+                     f"{s['gap_to_exact']:.4f} ± {s['gap_to_exact_stderr']:.4f} above it, paired s.e.)")]
+          if "exact_bpd" in s else []),
         ("offset", f"{s['offset']:+.4f} bits/dim (from the data transform; D = {dim})"),
         ("trace", s["trace"]),
         ("NFE (mean)", f"{s['nfe']:.1f}"),

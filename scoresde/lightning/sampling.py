@@ -26,7 +26,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from .. import plotting
-from .._utils import atomic_path
+from .._utils import atomic_path, file_digest
 from ..noise import derive_seeds
 from ..solvers import SOLVERS, TIME_GRIDS, get_solver
 from .loading import load_model
@@ -106,7 +106,8 @@ def run_sampling(cfg: dict[str, Any], out: Path, device: torch.device, progress:
 
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "sample_config.json"
-    record = {**{k: cfg[k] for k in RUN_KEYS}, "solver": solver, "options": options, "ckpt": str(ckpt.resolve())}
+    record = {**{k: cfg[k] for k in RUN_KEYS}, "solver": solver, "options": options, "ckpt": str(ckpt.resolve()),
+              "ckpt_sha256": file_digest(ckpt)}
     if manifest.exists():
         old = json.loads(manifest.read_text())
         if old != record:
