@@ -106,7 +106,7 @@ def test_likelihood_refuses_data_with_another_transform(toy_ckpt, tmp_path):  # 
 
 def test_interpolation_study(toy_ckpt, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "i"
-    main(["interpolate", "--ckpt", str(toy_ckpt), "--pairs", "2", "--steps", "3", "--temperatures", "[1.0, 0.5]",
+    main(["interpolate", "--ckpt", str(toy_ckpt), "--pairs", "2", "--steps", "3", "--temperatures", "[1.0, 0.5]", "--progress", "false",
           "--rtol", "1e-6", "--atol", "1e-6", "--out", str(out)])
     res = np.load(out / "interpolation.npz")
     assert res["x"].shape == (4, 2, 3, 2) and res["bpd"].shape == (4, 2, 3)  # (kinds × temperatures, K, M, D)

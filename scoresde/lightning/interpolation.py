@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
+from tqdm.auto import tqdm
 
 from .. import plotting
 from .._utils import atomic_path
@@ -52,6 +53,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--out", type=str, required=True, help="output directory")
     p.add_argument("--device", type=str | None, default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--progress", type=bool, default=True, help="show a progress bar")
     return p
 
 
@@ -86,17 +88,17 @@ def run_interpolation(cfg: dict[str, Any]) -> dict[str, Any]:
         back = decode(score, sde, z, **ode)
     roundtrip = ((back - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)).cpu().numpy()
     labels, decoded, latents, bpd = [], [], [], []
-    for kind in cfg["kinds"]:
-        for tau in cfg["temperatures"]:
-            with torch.no_grad():
-                path = interpolate(score, sde, x[0::2], x[1::2], M, kind=kind, temperature=tau, z0=z[0::2], z1=z[1::2], **ode)
-            flat = path.x.reshape(K * M, *x.shape[1:])
-            seeds = index_seeds(cfg["seed"] + 1, torch.arange(K * M))
-            res = log_likelihood(score, sde, flat, trace=trace, noise=PerSampleNoise(seeds), **ode)
-            labels.append(f"{kind}, T={tau:g}")
-            decoded.append(path.x.cpu())
-            latents.append(path.z.cpu())
-            bpd.append(res.bits_per_dim(tf.bpd_offset).reshape(K, M).cpu().double().numpy())
+    runs = [(kind, tau) for kind in cfg["kinds"] for tau in cfg["temperatures"]]
+    for kind, tau in tqdm(runs, desc="paths (decode + bits/dim)", disable=not cfg["progress"]):
+        with torch.no_grad():
+            path = interpolate(score, sde, x[0::2], x[1::2], M, kind=kind, temperature=tau, z0=z[0::2], z1=z[1::2], **ode)
+        flat = path.x.reshape(K * M, *x.shape[1:])
+        seeds = index_seeds(cfg["seed"] + 1, torch.arange(K * M))
+        res = log_likelihood(score, sde, flat, trace=trace, noise=PerSampleNoise(seeds), **ode)
+        labels.append(f"{kind}, T={tau:g}")
+        decoded.append(path.x.cpu())
+        latents.append(path.z.cpu())
+        bpd.append(res.bits_per_dim(tf.bpd_offset).reshape(K, M).cpu().double().numpy())
 
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)

@@ -234,7 +234,8 @@ def run_likelihood(cfg: dict[str, Any]) -> dict[str, float] | None:
         merged["exact_bpd"] = (-target.log_prob(raw.double()) / (dim * math.log(2))).numpy()[:, None]
     with atomic_path(out / "likelihood.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **merged)
-    summary = {**summarize(merged), "offset": dm.transform.bpd_offset, "trace": trace, "split": cfg["split"]}
+    summary = {**summarize(merged), "offset": dm.transform.bpd_offset, "levels": dm.transform.levels, "trace": trace,
+               "split": cfg["split"]}
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     print(_table(summary, dim))
@@ -243,7 +244,8 @@ def run_likelihood(cfg: dict[str, Any]) -> dict[str, float] | None:
 
 def _table(s: dict[str, Any], dim: int) -> str:
     rows = [
-        ("split", f"{s['split']} ({s['n']} points × {s['repeats']} dequantization draws)"),
+        ("split", f"{s['split']} ({s['n']} points × {s['repeats']} dequantization draws)" if s["levels"] is not None
+                  else f"{s['split']} ({s['n']} points, continuous data)"),
         ("bits/dim", f"{s['bpd']:.4f} ± {s['bpd_stderr']:.4f} (s.e.)"),
         ("Gaussian fit", f"{s['gaussian_bpd']:.4f} ± {s['gaussian_bpd_stderr']:.4f} (full covariance, fitted to train)"),
         ("gain", f"{s['gain_over_gaussian']:.4f} ± {s['gain_over_gaussian_stderr']:.4f} bits/dim below the Gaussian "
