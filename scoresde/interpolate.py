@@ -19,9 +19,9 @@ from torch import Tensor
 
 from ._typing import ScoreFn
 from ._utils import append_dims, check_batch
-from .likelihood import ADAPTIVE_METHODS
+from .likelihood import check_t_eps
 from .sde import SDE
-from .solvers.ode import per_sample_rms_norm
+from .solvers.ode import ProbabilityFlow
 
 __all__ = ["encode", "decode", "slerp", "lerp", "interpolation_weights", "interpolate", "Interpolation"]
 
@@ -32,26 +32,11 @@ def _flow(
     score_fn: ScoreFn, sde: SDE, x: Tensor, t0: float, t1: float, method: str, rtol: float, atol: float,
     method_options: dict[str, Any] | None,
 ) -> Tensor:
-    """Integrate the probability-flow ODE from ``t0`` to ``t1`` with a per-sample error norm: ``(B, *D)``."""
-    from torchdiffeq import odeint
-
+    """The probability-flow ODE from ``t0`` to ``t1`` by the ``ode`` solver (per-sample error norm): ``(B, *D)``."""
     check_batch(x)
-    flow = sde.probability_flow(score_fn)
-    lo, hi = min(t0, t1), max(t0, t1)
-
-    def velocity(t: Tensor, y: Tensor) -> Tensor:
-        return flow.drift(y, t.to(torch.float64).expand(y.shape[0]).clamp(lo, hi))
-
-    options = dict(method_options or {})
-    if method in ADAPTIVE_METHODS:
-        options.setdefault("norm", per_sample_rms_norm)
-    ts = torch.tensor([t0, t1], dtype=torch.float64, device=x.device)
-    return odeint(velocity, x, ts, method=method, rtol=rtol, atol=atol, options=options)[-1]
-
-
-def _check_t_eps(sde: SDE, t_eps: float) -> None:
-    if not 0.0 <= t_eps < sde.T:
-        raise ValueError(f"t_eps must lie in [0, T) = [0, {sde.T:g}), got {t_eps}; the default is 1e-5")
+    solver = ProbabilityFlow(method=method, rtol=rtol, atol=atol, method_options=dict(method_options or {}))
+    ts = torch.tensor([t0, t1], dtype=torch.float64)
+    return solver.integrate(score_fn, sde, x, ts, noise=None, every_step=False)[-1]  # no noise: an ODE
 
 
 def encode(
@@ -66,7 +51,7 @@ def encode(
     method_options: dict[str, Any] | None = None,
 ) -> Tensor:
     """Data ``x: (B, *D)`` (at time ``t_eps``) → latents ``z = x_T: (B, *D)`` along the probability-flow ODE."""
-    _check_t_eps(sde, t_eps)
+    check_t_eps(sde, t_eps)
     return _flow(score_fn, sde, x, t_eps, sde.T, method, rtol, atol, method_options)
 
 
@@ -82,7 +67,7 @@ def decode(
     method_options: dict[str, Any] | None = None,
 ) -> Tensor:
     """Latents ``z: (B, *D)`` at ``T`` → data at ``t_eps``: the inverse of :func:`encode` (up to solver error)."""
-    _check_t_eps(sde, t_eps)
+    check_t_eps(sde, t_eps)
     return _flow(score_fn, sde, z, sde.T, t_eps, method, rtol, atol, method_options)
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 from ._typing import NoiseFn, ScoreFn
 from ._utils import check_batch
 from .sde import SDE
+from .solvers.ode import ADAPTIVE_METHODS
 from .transforms import DataTransform
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
 
 Trace = Literal["exact", "hutchinson"]
 Probe = Literal["rademacher", "gaussian"]
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 @dataclass
@@ -118,7 +118,8 @@ def _per_sample_mixed_norm(dim: int) -> Callable[[Tensor], Tensor]:
     return norm
 
 
-def _check_times(sde: SDE, t_eps: float) -> None:
+def check_t_eps(sde: SDE, t_eps: float) -> None:
+    """``t_eps``, where the data sit on the time axis, must lie in ``[0, T)``."""
     if not 0.0 <= t_eps < sde.T:
         raise ValueError(f"t_eps must lie in [0, T) = [0, {sde.T:g}), got {t_eps}; the default is 1e-5")
 
@@ -156,7 +157,7 @@ def log_likelihood(
     detached tensors.
     """
     check_batch(x)
-    _check_times(sde, t_eps)
+    check_t_eps(sde, t_eps)
     if trace not in ("exact", "hutchinson"):
         raise ValueError(f"unknown trace {trace!r}; use 'exact' (autograd, small D) or 'hutchinson'")
     if n_probes < 1:
@@ -241,7 +242,7 @@ def bits_per_dim(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    draws = repeats if transform.levels is not None and transform.dequantize else 1
+    draws = repeats if transform.stochastic else 1
     bpd, nfe = [], []
     for _ in range(draws):
         z = transform.forward(raw, generator=generator)

@@ -12,7 +12,9 @@ from .._typing import NoiseFn, ScoreFn
 from ..sde import SDE
 from .base import IntegratorSolver
 
-__all__ = ["ProbabilityFlow", "per_sample_rms_norm"]
+__all__ = ["ProbabilityFlow", "per_sample_rms_norm", "ADAPTIVE_METHODS"]
+
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's, with rtol/atol
 
 
 def per_sample_rms_norm(x: Tensor) -> Tensor:
@@ -48,7 +50,7 @@ class ProbabilityFlow(IntegratorSolver):
         "heun3": (3, 3),
         "rk4": (4, 4),
     }
-    _ADAPTIVE: ClassVar[tuple[str, ...]] = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+    _ADAPTIVE: ClassVar[tuple[str, ...]] = ADAPTIVE_METHODS
 
     def __post_init__(self) -> None:
         if self.method not in (*self._FIXED, *self._ADAPTIVE):
@@ -81,15 +83,19 @@ class ProbabilityFlow(IntegratorSolver):
         from torchdiffeq import odeint
 
         flow = sde.probability_flow(score_fn)
+        grid = timesteps.to(device=x.device)
+        # Adaptive steps may overshoot the last time and interpolate back; keep those evaluations inside the interval
+        # (below the end time a learned score can blow up: sigma -> 0 as t -> 0).
+        lo, hi = float(grid.min()), float(grid.max())
 
         def velocity(t: Tensor, y: Tensor) -> Tensor:
-            return flow.drift(y, t.to(torch.float64).expand(y.shape[0]).clamp(0.0, sde.T))
+            return flow.drift(y, t.to(torch.float64).expand(y.shape[0]).clamp(lo, hi))
 
-        grid = timesteps.to(device=x.device)
         query = grid if every_step else grid[[0, -1]]
         options = dict(self.method_options)
         if self.adaptive:
             options.setdefault("norm", per_sample_rms_norm)
             return odeint(velocity, x, query, method=self.method, rtol=self.rtol, atol=self.atol, options=options)
-        options.setdefault("grid_constructor", lambda f, y0, t: grid.to(t.dtype))  # step exactly on the grid
+        if "step_size" not in options:  # step exactly on the grid, unless a step size was asked for
+            options.setdefault("grid_constructor", lambda f, y0, t: grid.to(t.dtype))
         return odeint(velocity, x, query, method=self.method, options=options)
