@@ -54,6 +54,11 @@ class DataTransform:
         return cls(levels=levels, scale=high - low, shift=low, dequantize=dequantize)
 
     @property
+    def stochastic(self) -> bool:
+        """Whether :meth:`forward` draws noise (dequantized discrete data), so repeated draws differ."""
+        return self.levels is not None and self.dequantize
+
+    @property
     def bpd_offset(self) -> float:
         """What to add to ``-log2 p_z / D`` to get bits/dim of the raw data (see module docstring)."""
         return (math.log2(self.levels) if self.levels is not None else 0.0) - math.log2(self.scale)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from .._utils import atomic_path
 from ..interpolate import decode, encode, interpolate
 from ..likelihood import log_likelihood
 from ..noise import PerSampleNoise, index_seeds
-from .likelihood import uniform_from_normal
+from .likelihood import dequantized, mean_stderr
 from .loading import load_data, load_model, split_of
 
 __all__ = ["build_parser", "interpolate_command", "run_interpolation"]
@@ -75,10 +74,7 @@ def run_interpolation(cfg: dict[str, Any]) -> dict[str, Any]:
     if len(raw) < 2 * K:
         raise ValueError(f"--pairs {K} needs {2 * K} points but the {cfg['split']} split has {len(raw)}")
     tf, score, sde = dm.transform, model.score_model, model.sde
-    index = torch.arange(2 * K)
-    noise = PerSampleNoise(index_seeds(cfg["seed"], index))
-    x = tf.forward(raw[: 2 * K], u=uniform_from_normal(noise(raw[: 2 * K].double())) if tf.levels is not None else None)
-    x = x.to(device)
+    x = dequantized(tf, raw[: 2 * K], torch.arange(2 * K), cfg["seed"]).to(device)
     dim = x[0].numel()
     trace = cfg["trace"] if cfg["trace"] != "auto" else ("exact" if dim <= 16 else "hutchinson")
     ode = {"t_eps": cfg["t_eps"], "rtol": cfg["rtol"], "atol": cfg["atol"]}
@@ -127,9 +123,8 @@ def run_interpolation(cfg: dict[str, Any]) -> dict[str, Any]:
         tmp.write_text(json.dumps(summary, indent=2))
     print(f"round trip decode(encode(x)): max relative error {summary['roundtrip_rel_error_max']:.2e}")
     for lab, b in zip(labels, bpd):
-        mid = b[:, M // 2]
-        print(f"  {lab:<16} bits/dim at the ends {b[:, [0, -1]].mean():.4f}, at the middle {mid.mean():.4f}"
-              f" ± {mid.std(ddof=1) / math.sqrt(K) if K > 1 else float('nan'):.4f}")
+        mid, mid_se = mean_stderr(b[:, M // 2])
+        print(f"  {lab:<16} bits/dim at the ends {b[:, [0, -1]].mean():.4f}, at the middle {mid:.4f} ± {mid_se:.4f}")
     print(f"wrote {out / 'interpolation.png'}, interpolation.npz and interpolation.csv")
     return summary
 

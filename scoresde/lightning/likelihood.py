@@ -41,7 +41,10 @@ from ..transforms import DataTransform
 from .loading import load_data, load_model, split_of
 from .module import ScoreModule
 
-__all__ = ["build_parser", "likelihood_command", "LikelihoodTask", "uniform_from_normal"]
+__all__ = [
+    "build_parser", "likelihood_command", "LikelihoodTask", "dequantized", "gaussian_logp", "mean_stderr",
+    "uniform_from_normal",
+]
 
 RUN_KEYS = ("ckpt", "split", "trace", "probe", "n_probes", "repeats", "seed", "t_eps", "method", "rtol", "atol", "limit")
 
@@ -52,9 +55,10 @@ def uniform_from_normal(n: Tensor) -> Tensor:
     return u.clamp(max=1.0 - 2.0**-40)
 
 
-def _dequantized(transform: DataTransform, raw: Tensor, index: Tensor, seed: int) -> Tensor:
-    """``raw`` → model space with the per-point dequantization draw of stream ``seed`` (none for continuous data)."""
-    if transform.levels is None:
+def dequantized(transform: DataTransform, raw: Tensor, index: Tensor, seed: int) -> Tensor:
+    """``raw: (N, *D)`` → model space, point ``index[i]`` with its own dequantization draw of stream ``seed`` (none
+    where the transform draws no noise)."""
+    if not transform.stochastic:
         return transform.forward(raw)
     return transform.forward(raw, u=uniform_from_normal(PerSampleNoise(index_seeds(seed, index))(raw.double())))
 
@@ -86,10 +90,10 @@ class LikelihoodTask(L.LightningModule):
         if self.done and all(int(j) in self.done for j in index):
             return  # written by an earlier (interrupted) run
         cfg, dim = self.cfg, raw[0].numel()
-        repeats = cfg["repeats"] if self.transform.levels is not None and self.transform.dequantize else 1
+        repeats = cfg["repeats"] if self.transform.stochastic else 1
         out: dict[str, list[np.ndarray]] = {k: [] for k in ("bpd", "logp", "prior", "integral", "nfe")}
         for r in range(repeats):
-            x = _dequantized(self.transform, raw, index, _stream(cfg["seed"], r))
+            x = dequantized(self.transform, raw, index, _stream(cfg["seed"], r))
             noise = PerSampleNoise(index_seeds(_stream(cfg["seed"], r) + 1, index))  # Hutchinson probes
             res = log_likelihood(
                 self.model.score_model, self.model.sde, x, t_eps=cfg["t_eps"], method=cfg["method"], rtol=cfg["rtol"],
@@ -111,9 +115,9 @@ def _stream(seed: int, repeat: int) -> int:
 def gaussian_baseline(transform: DataTransform, train: Tensor, raw: Tensor, seed: int, repeats: int) -> np.ndarray:
     """Bits/dim ``(N, R)`` of ``raw`` under the Gaussian fitted to ``train`` (one draw), with the same dequantization
     draws as the model's run."""
-    fit = _dequantized(transform, train, torch.arange(len(train)), seed * 1_000_003 - 1)
+    fit = dequantized(transform, train, torch.arange(len(train)), seed * 1_000_003 - 1)
     index, dim = torch.arange(len(raw)), raw[0].numel()
-    bpd = [nats_to_bits_per_dim(gaussian_logp(fit, _dequantized(transform, raw, index, _stream(seed, r))), dim,
+    bpd = [nats_to_bits_per_dim(gaussian_logp(fit, dequantized(transform, raw, index, _stream(seed, r))), dim,
                                 transform.bpd_offset) for r in range(repeats)]
     return torch.stack(bpd, 1).numpy()
 
@@ -134,7 +138,8 @@ def merge_parts(parts: Path, n: int) -> dict[str, np.ndarray]:
     return merged
 
 
-def _mean_stderr(per_point: np.ndarray) -> tuple[float, float]:
+def mean_stderr(per_point: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the mean of ``per_point: (N,)`` (NaN error for one point)."""
     n = len(per_point)
     return float(per_point.mean()), float(per_point.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
 
@@ -143,15 +148,15 @@ def summarize(merged: dict[str, np.ndarray]) -> dict[str, float]:
     """Means ± standard errors over points of the per-point averages over dequantization draws."""
     bpd = merged["bpd"].mean(1)
     s = {"n": len(bpd), "repeats": int(merged["bpd"].shape[1]), "nfe": float(merged["nfe"].mean())}
-    s["bpd"], s["bpd_stderr"] = _mean_stderr(bpd)
+    s["bpd"], s["bpd_stderr"] = mean_stderr(bpd)
     if "gaussian_bpd" in merged:  # paired: the same points and draws under both models
         gauss = merged["gaussian_bpd"].mean(1)
-        s["gaussian_bpd"], s["gaussian_bpd_stderr"] = _mean_stderr(gauss)
-        s["gain_over_gaussian"], s["gain_over_gaussian_stderr"] = _mean_stderr(gauss - bpd)
+        s["gaussian_bpd"], s["gaussian_bpd_stderr"] = mean_stderr(gauss)
+        s["gain_over_gaussian"], s["gain_over_gaussian_stderr"] = mean_stderr(gauss - bpd)
     if "exact_bpd" in merged:  # the data's own density: E[gap] = KL(data || model) / (D ln 2) >= 0
         exact = merged["exact_bpd"].mean(1)
-        s["exact_bpd"], s["exact_bpd_stderr"] = _mean_stderr(exact)
-        s["gap_to_exact"], s["gap_to_exact_stderr"] = _mean_stderr(bpd - exact)
+        s["exact_bpd"], s["exact_bpd_stderr"] = mean_stderr(exact)
+        s["gap_to_exact"], s["gap_to_exact_stderr"] = mean_stderr(bpd - exact)
     return s
 
 
