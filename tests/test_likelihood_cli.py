@@ -13,7 +13,6 @@ from scoresde import GaussianMixture
 from scoresde.lightning import ToyDataModule
 from scoresde.lightning.cli import main
 from scoresde.lightning.likelihood import gaussian_logp
-from tests.test_sample_cli import digits_ckpt, toy_ckpt  # noqa: F401  (module-scoped fixtures)
 
 FAST = ["--rtol", "1e-4", "--atol", "1e-4", "--progress", "false"]
 
@@ -23,7 +22,7 @@ def _likelihood(ckpt, out, *extra):
     return np.load(out / "likelihood.npz"), json.loads((out / "summary.json").read_text())
 
 
-def test_likelihood_table_resumes_and_does_not_depend_on_batch_size(toy_ckpt, tmp_path, capsys):  # noqa: F811
+def test_likelihood_table_resumes_and_does_not_depend_on_batch_size(toy_ckpt, tmp_path, capsys):
     out = tmp_path / "a"
     res, summary = _likelihood(toy_ckpt, out, "--limit", "6", "--batch-size", "4")
     assert res["bpd"].shape == (6, 1) and list(res["index"]) == list(range(6))
@@ -60,7 +59,7 @@ def test_likelihood_table_resumes_and_does_not_depend_on_batch_size(toy_ckpt, tm
               "--rtol", "1e-3", "--atol", "1e-4", "--progress", "false"])
 
 
-def test_likelihood_on_two_processes_matches_one(toy_ckpt, tmp_path):  # noqa: F811
+def test_likelihood_on_two_processes_matches_one(toy_ckpt, tmp_path):
     """7 points over 2 ranks in batches of 2: the ranks run different numbers of batches and steps, and must neither
     hang nor lose or duplicate points."""
     one, _ = _likelihood(toy_ckpt, tmp_path / "one", "--limit", "7", "--batch-size", "2")
@@ -70,7 +69,7 @@ def test_likelihood_on_two_processes_matches_one(toy_ckpt, tmp_path):  # noqa: F
     np.testing.assert_allclose(two["bpd"], one["bpd"], atol=0.02)
 
 
-def test_digits_bits_per_dim_with_repeats_and_offset(digits_ckpt, tmp_path):  # noqa: F811
+def test_digits_bits_per_dim_with_repeats_and_offset(digits_ckpt, tmp_path):
     res, summary = _likelihood(digits_ckpt, tmp_path / "d", "--limit", "4", "--repeats", "2", "--trace", "hutchinson",
                                "--batch-size", "4")
     assert res["bpd"].shape == (4, 2) and not np.array_equal(res["bpd"][:, 0], res["bpd"][:, 1])
@@ -97,14 +96,14 @@ def test_gaussian_baseline_is_the_exact_fitted_density():
         gaussian_logp(torch.cat([train[:, :4], torch.zeros(500, 1)], 1), x)
 
 
-def test_likelihood_refuses_data_with_another_transform(toy_ckpt, tmp_path):  # noqa: F811
+def test_likelihood_refuses_data_with_another_transform(toy_ckpt, tmp_path):
     with pytest.raises(ValueError, match="trained on data mapped by .* but --data maps by"):
         main(["likelihood", "--ckpt", str(toy_ckpt), "--data", "DigitsDataModule", "--out", str(tmp_path), *FAST])
     with pytest.raises(ValueError, match="is not a DataModule"):
         main(["likelihood", "--ckpt", str(toy_ckpt), "--data", "[1, 2]", "--out", str(tmp_path), *FAST])
 
 
-def test_interpolation_study(toy_ckpt, tmp_path, capsys):  # noqa: F811
+def test_interpolation_study(toy_ckpt, tmp_path, capsys):
     out = tmp_path / "i"
     main(["interpolate", "--ckpt", str(toy_ckpt), "--pairs", "2", "--steps", "3", "--temperatures", "[1.0, 0.5]", "--progress", "false",
           "--rtol", "1e-6", "--atol", "1e-6", "--out", str(out)])

@@ -1,38 +1,11 @@
 """``scoresde sample``: loads a checkpoint's EMA weights, writes resumable shards, and does not depend on batch size."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from scoresde.lightning.cli import cli, main
-
-EXPERIMENTS = Path(__file__).parents[1] / "experiments"
-
-
-def _fit(root, *args):
-    """Run ``scoresde fit`` inside ``root`` (the experiments write under ./runs) and return its last checkpoint."""
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cli(["fit", *args, "--trainer.enable_progress_bar", "false"])
-    finally:
-        os.chdir(cwd)
-    return next(root.rglob("last.ckpt"))
-
-
-@pytest.fixture(scope="module")
-def toy_ckpt(tmp_path_factory):
-    return _fit(tmp_path_factory.mktemp("fit"), "--config", str(EXPERIMENTS / "toy_vp.yaml"), "--trainer.max_steps", "30",
-                "--model.sample_steps", "10")
-
-
-@pytest.fixture(scope="module")
-def digits_ckpt(tmp_path_factory):
-    return _fit(tmp_path_factory.mktemp("fit_digits"), "--config", str(EXPERIMENTS / "digits_vp.yaml"),
-                "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--model.sample_steps", "3")
+from scoresde.lightning.cli import main
 
 
 def _run(ckpt, out, *extra):
