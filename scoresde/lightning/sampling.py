@@ -1,14 +1,18 @@
-"""``scoresde sample``: draw samples from a trained checkpoint with any registered solver.
+"""``scoresde sample``: draw samples from a trained checkpoint with any registered solver, on one device or many.
 
     scoresde sample --ckpt runs/toy_vp/checkpoints/last.ckpt --solver dpm_solver_pp --steps 20 --n 10000 --out samples/
     scoresde sample --ckpt last.ckpt --solver ddim --eta 0.5 --grid log_snr --n 50000 --batch-size 500 --out ddim/
+    scoresde sample --ckpt last.ckpt --n 50000 --devices 8 --strategy ddp --out big/   # or --num_nodes 2 on a cluster
     scoresde sample --config experiments/sample.yaml          # the same keys in YAML; solver options under `options:`
 
-Samples are written in shards of ``--batch-size`` (``shard_00000.npz``, ...), each atomically, so an interrupted run
-resumes where it stopped. Sample ``j`` uses the seed ``derive_seeds(seed, j)``, so the result does not depend on the
-batch size or on which shards were drawn in which run. At the end the shards are merged into ``samples.npz``
-(``samples``: uint8 images in the dataset's original range for discrete data, float arrays otherwise) and a picture
-``samples.png`` is drawn.
+Samples are drawn in shards of ``--batch-size`` (``shard_00000.npz``, ...) through Lightning's predict loop, so
+``--devices``/``--strategy``/``--num_nodes`` spread the shards over processes. Sample ``j`` uses the seed
+``derive_seeds(seed, j)`` (its global index), so the union of the shards is the same for 1 or N processes and any
+batch size. Each shard is written atomically by the rank that drew it; a rerun skips the shards already on disk, so an
+interrupted run loses at most the shards in flight. The solve holds no collective operation, so ranks may take
+different numbers of solver steps (adaptive ODE solvers) or of shards; rank 0 merges the shards after one barrier into
+``samples.npz`` (``samples``: uint8 images in the dataset's original range for discrete data, float arrays otherwise)
+and draws ``samples.png``.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
+from torch import Tensor
+from torch.utils.data import DataLoader
 
 from .. import plotting
 from .._utils import atomic_path, file_digest
@@ -32,7 +39,7 @@ from ..solvers import SOLVERS, TIME_GRIDS, get_solver
 from .loading import load_model
 from .module import ScoreModule
 
-__all__ = ["build_parser", "sample_command", "run_sampling"]
+__all__ = ["build_parser", "sample_command", "run_sampling", "SamplingTask"]
 
 RUN_KEYS = ("ckpt", "solver", "steps", "grid", "options", "n", "batch_size", "seed", "denoise", "t_end")
 
@@ -51,7 +58,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--denoise", type=bool, default=False, help="finish with Tweedie's denoising step")
     p.add_argument("--t_end", type=float | None, default=None, help="end time (default: the SDE's sampling_eps)")
     p.add_argument("--out", type=str, required=True, help="output directory")
-    p.add_argument("--device", type=str | None, default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--accelerator", type=str, default="auto", help="cpu, gpu, ... (default: a GPU if there is one)")
+    p.add_argument("--devices", type=str, default="1", help="devices per node (e.g. 4, or auto)")
+    p.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines (torch.distributed / SLURM)")
+    p.add_argument("--strategy", type=str, default="auto", help="e.g. ddp; ddp_fork inside notebooks and tests")
+    p.add_argument("--precision", type=str | None, default=None, help="e.g. bf16-mixed (default: 32-bit)")
     p.add_argument("--progress", type=bool, default=True, help="show a progress bar")
     return p
 
@@ -72,11 +83,22 @@ def _split_solver_options(argv: Sequence[str], parser: ArgumentParser) -> tuple[
                 value = argv[i]
             else:
                 raise SystemExit(f"scoresde sample: option {arg} needs a value")
-            options[key[2:].replace("-", "_")] = yaml.safe_load(value)
+            options[key[2:].replace("-", "_")] = _parse_value(value)
         else:
             rest.append(arg)
         i += 1
     return rest, options
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value as YAML, with numbers such as ``1e-3`` (a string to YAML 1.1) read as floats."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _to_output(model: ScoreModule, x: torch.Tensor) -> np.ndarray:
@@ -94,68 +116,108 @@ def _picture(model: ScoreModule, samples: np.ndarray, path: Path) -> None:
         plotting.image_grid(unit[:64], path, title=f"{len(samples)} samples")
 
 
-def run_sampling(cfg: dict[str, Any], out: Path, device: torch.device, progress: bool = True) -> Path:
-    """Draw ``cfg["n"]`` samples in shards under ``out`` (resuming), merge them into ``samples.npz``; returns its path."""
+class SamplingTask(L.LightningModule):
+    """Wraps a trained :class:`ScoreModule` for ``Trainer.predict``: each batch is a list of shard numbers; each shard
+    is drawn with its samples' own seeds and written atomically to ``out``."""
+
+    def __init__(self, model: ScoreModule, cfg: dict[str, Any], solver: str, options: dict[str, Any], out: Path) -> None:
+        super().__init__()
+        self.model, self.cfg, self.solver, self.options, self.out = model, cfg, solver, options, out
+
+    def predict_step(self, shards: Tensor, batch_idx: int) -> None:
+        n, bs = self.cfg["n"], self.cfg["batch_size"]
+        for k in shards.tolist():
+            path = _shard(self.out, k)
+            if path.exists():  # written by an earlier (interrupted) run
+                continue
+            start, count = k * bs, min(bs, n - k * bs)
+            res = self.model.sample(
+                count,
+                solver=self.solver,
+                steps=self.cfg["steps"],
+                seeds=derive_seeds(self.cfg["seed"], start, count, device=self.device),
+                grid=self.cfg["grid"],
+                denoise=self.cfg["denoise"],
+                t_end=self.cfg["t_end"],
+                **self.options,
+            )
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, samples=_to_output(self.model, res.x), index=np.arange(start, start + count), nfe=res.nfe)
+
+
+def _shard(out: Path, k: int) -> Path:
+    return out / f"shard_{k:05d}.npz"
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+def _check_manifest(out: Path, record: dict[str, Any]) -> Path:
+    manifest = out / "sample_config.json"
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        if old != json.loads(json.dumps(record)):
+            diff = sorted(k for k in record if old.get(k) != record[k])
+            raise ValueError(f"{out} holds samples drawn with other settings ({', '.join(diff)} differ); use a new --out")
+    return manifest
+
+
+def run_sampling(cfg: dict[str, Any], out: Path) -> Path | None:
+    """Draw ``cfg["n"]`` samples in shards under ``out`` (resuming), merge them into ``samples.npz``; returns its path
+    on rank 0 (``None`` on the other ranks)."""
     if cfg["n"] < 1 or cfg["batch_size"] < 1:
         raise ValueError(f"--n and --batch-size must be positive, got n={cfg['n']}, batch_size={cfg['batch_size']}")
     ckpt = Path(cfg["ckpt"])
-    model = load_model(ckpt, device)
+    model = load_model(ckpt)
     solver = cfg["solver"] or model.hparams.sampler
     options = {**(model.hparams.get("sampler_options") or {} if cfg["solver"] is None else {}), **cfg["options"]}
     get_solver(solver, **options)  # fail on a bad name or option before any work
 
     out.mkdir(parents=True, exist_ok=True)
-    manifest = out / "sample_config.json"
     record = {**{k: cfg[k] for k in RUN_KEYS}, "solver": solver, "options": options, "ckpt": str(ckpt.resolve()),
               "ckpt_sha256": file_digest(ckpt)}
-    if manifest.exists():
-        old = json.loads(manifest.read_text())
-        if old != record:
-            diff = sorted(k for k in record if old.get(k) != record[k])
-            raise ValueError(f"{out} holds samples drawn with other settings ({', '.join(diff)} differ); use a new --out")
-    else:
+    manifest = _check_manifest(out, record)
+    trainer = L.Trainer(
+        accelerator=cfg["accelerator"], devices=_devices(cfg["devices"]), num_nodes=cfg["num_nodes"],
+        strategy=cfg["strategy"], precision=cfg["precision"], logger=False, enable_progress_bar=cfg["progress"],
+        enable_model_summary=False,
+    )
+    if trainer.is_global_zero and not manifest.exists():
         with atomic_path(manifest) as tmp:
             tmp.write_text(json.dumps(record, indent=2))
+    shards = math.ceil(cfg["n"] / cfg["batch_size"])
+    todo = [k for k in range(shards) if not _shard(out, k).exists()]
+    if todo:
+        # one shard per predict step; Lightning gives each rank its own share of the list, without padding
+        loader = DataLoader(torch.tensor(todo), batch_size=1, shuffle=False)
+        trainer.predict(SamplingTask(model, cfg, solver, options, out), loader, return_predictions=False)
+    trainer.strategy.barrier()  # the one collective: every rank has written its shards
+    if not trainer.is_global_zero:
+        return None
+    return _merge(model, out, shards)
 
-    n, bs = cfg["n"], cfg["batch_size"]
-    shards = math.ceil(n / bs)
-    todo = [k for k in range(shards) if not (out / f"shard_{k:05d}.npz").exists()]
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, initial=n - sum(min(bs, n - k * bs) for k in todo), desc=f"sampling ({solver})", unit="sample")
-    for k in todo:
-        start, count = k * bs, min(bs, n - k * bs)
-        res = model.sample(
-            count,
-            solver=solver,
-            steps=cfg["steps"],
-            seeds=derive_seeds(cfg["seed"], start, count, device=device),
-            grid=cfg["grid"],
-            denoise=cfg["denoise"],
-            t_end=cfg["t_end"],
-            **options,
-        )
-        with atomic_path(out / f"shard_{k:05d}.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, samples=_to_output(model, res.x), index=np.arange(start, start + count), nfe=res.nfe)
-        if bar is not None:
-            bar.update(count)
-    if bar is not None:
-        bar.close()
-
-    parts = [np.load(out / f"shard_{k:05d}.npz") for k in range(shards)]
+def _merge(model: ScoreModule, out: Path, shards: int) -> Path:
+    missing = [k for k in range(shards) if not _shard(out, k).exists()]
+    if missing:
+        raise RuntimeError(f"{out} lacks shards {missing[:10]} of {shards}; run the same command again to resume")
+    parts = [np.load(_shard(out, k)) for k in range(shards)]
     samples = np.concatenate([p["samples"] for p in parts])
-    nfe = int(parts[0]["nfe"])
+    index = np.concatenate([p["index"] for p in parts])
+    assert np.array_equal(index, np.arange(len(samples))), "shards out of order"
+    nfe = np.concatenate([np.full(len(p["index"]), int(p["nfe"])) for p in parts])  # adaptive solvers differ by shard
+    for stale in out.glob(".shard_*"):  # temporary files of shards that were being written when a run was killed
+        stale.unlink(missing_ok=True)
     final = out / "samples.npz"
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, samples=samples, nfe_per_sample=nfe)
+        np.savez(fh, samples=samples, nfe_per_sample=nfe)  # nfe_per_sample: (N,)
     _picture(model, samples, out / "samples.png")
-    print(f"wrote {len(samples)} samples ({samples.dtype}, shape {samples.shape[1:]}, {nfe} NFE each) to {final}")
+    print(f"wrote {len(samples)} samples ({samples.dtype}, shape {samples.shape[1:]}, {nfe.mean():.1f} NFE each on average) to {final}")
     return final
 
 
-def sample_command(argv: Sequence[str] | None = None) -> Path:
+def sample_command(argv: Sequence[str] | None = None) -> Path | None:
     """``scoresde sample ...``; ``argv`` excludes the word ``sample``."""
     parser = build_parser()
     argv = list(sys.argv[2:] if argv is None else argv)
@@ -163,5 +225,4 @@ def sample_command(argv: Sequence[str] | None = None) -> Path:
     cfg = parser.parse_args(argv).as_dict()
     cfg.pop("config", None)
     cfg["options"] = {**(cfg["options"] or {}), **extra}
-    device = torch.device(cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return run_sampling(cfg, Path(cfg["out"]), device, progress=cfg["progress"])
+    return run_sampling(cfg, Path(cfg["out"]))
