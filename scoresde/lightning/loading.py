@@ -26,7 +26,8 @@ def load_model(ckpt: str | Path, device: torch.device | str = "cpu") -> ScoreMod
     """The :class:`ScoreModule` of a checkpoint (its state dict holds the EMA weights), in eval mode."""
     # The hyperparameters hold the linked DataTransform object, which torch's weights-only loader refuses; load only
     # checkpoints you trust (your own `scoresde fit` runs).
-    model = ScoreModule.load_from_checkpoint(_check_ckpt(ckpt), map_location=device, weights_only=False)
+    # compile=False: sampling and likelihood run uncompiled (compiling is a training-time option)
+    model = ScoreModule.load_from_checkpoint(_check_ckpt(ckpt), map_location=device, weights_only=False, compile=False)
     return model.eval()
 
 

@@ -41,8 +41,12 @@ class ScoreModule(L.LightningModule):
         sample_steps: default number of solver steps.
         data_shape: shape of one data point, linked from the DataModule by the CLI.
         transform: raw-data → model-space transform, linked from the DataModule (kept for bits/dim and decoding).
+        compile: compile the network with ``torch.compile`` (in place, so checkpoints keep their keys).
 
-    Gradient clipping is the Trainer's job (``gradient_clip_val: 1.0`` in the experiments).
+    Gradient clipping, mixed precision (``precision: bf16-mixed``) and distribution (``strategy: ddp``,
+    ``devices``, ``num_nodes``) are the Trainer's job. The training noise (times ``t`` and ``z``) of each step comes from
+    a generator seeded by ``(run seed, epoch, batch, rank)``: ranks draw different noise, and a resumed run draws the
+    noise an uninterrupted run would have drawn.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class ScoreModule(L.LightningModule):
         sample_steps: int = 500,
         data_shape: Sequence[int] | None = None,
         transform: DataTransform | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -81,6 +86,12 @@ class ScoreModule(L.LightningModule):
         self.sde, self.loss = sde, loss if loss is not None else DSMLoss()
         self.data_shape = tuple(int(s) for s in data_shape) if data_shape is not None else None
         self.transform = transform if transform is not None else DataTransform.identity()
+        self._run_seed = 0
+        if compile:
+            net.compile()  # nn.Module.compile: the module keeps its parameters and state-dict keys
+
+    def on_fit_start(self) -> None:
+        self._run_seed = torch.initial_seed()  # the seed Lightning's seed_everything set (or a random one)
 
     @property
     def net(self) -> nn.Module:
@@ -108,7 +119,14 @@ class ScoreModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+        return self._shared_step(batch, "train", seed=self._noise_seed(batch_idx))
+
+    def _noise_seed(self, batch_idx: int) -> int:
+        """Seed of one training step's noise, distinct per (run seed, epoch, batch, rank)."""
+        key = self._run_seed
+        for part in (self.current_epoch, batch_idx, self.global_rank):
+            key = (key * 1_000_003 + part + 1) % 2**63
+        return key
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         # A fixed seed per batch makes validation (and test) losses comparable across epochs.
