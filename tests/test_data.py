@@ -111,3 +111,61 @@ def test_image_folder(tmp_path):
         ImageFolderDataModule(str(tmp_path), mode="L")
     with pytest.raises(FileNotFoundError):
         ImageFolderDataModule(str(tmp_path / "nope"))
+
+
+# ---- CIFAR-10 layout: an exported .npz with separate train and test arrays; random flips --------------------------
+def _fake_cifar_tar(path, n=3):
+    import io
+    import pickle
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            blob = pickle.dumps({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(range(n))})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+
+
+def test_export_cifar10_writes_train_and_test_arrays_in_the_official_layout(tmp_path):
+    import pickle
+    import runpy
+    import tarfile
+    from pathlib import Path
+
+    export = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "export_cifar10.py"))["export"]
+    _fake_cifar_tar(tmp_path / "cifar.tar.gz")
+    shapes = export(tmp_path / "cifar.tar.gz", tmp_path / "c10.npz")
+    assert shapes == {"train": (15, 32, 32, 3), "test": (3, 32, 32, 3)}
+    with tarfile.open(tmp_path / "cifar.tar.gz") as tar:
+        raw = pickle.load(tar.extractfile("cifar-10-batches-py/data_batch_2"), encoding="bytes")
+    with np.load(tmp_path / "c10.npz") as f:
+        # row 0 of batch 2 is train image 3; a row holds 1024 red, then green, then blue bytes
+        np.testing.assert_array_equal(f["train"][3], raw[b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0))
+    dm = NpzDataModule(str(tmp_path / "c10.npz"), key="train", test_key="test", val_fraction=0.34, low=0.0, high=1.0)
+    assert dm.train_raw.shape == (15, 3, 32, 32) and dm.test_raw.shape == (3, 3, 32, 32) and len(dm.val_raw) == 1
+    assert any(torch.equal(dm.val_raw[0], t) for t in dm.test_raw)  # validation is a fixed subset of the test array
+    assert dm.transform.bpd_offset == pytest.approx(8.0)  # [0, 1] data: offset log2(256) - log2(1)
+    with pytest.raises(ValueError, match="either test_key .* or test_fraction"):
+        NpzDataModule(str(tmp_path / "c10.npz"), key="train", test_key="test", test_fraction=0.1)
+    tarfile.open(tmp_path / "empty.tar.gz", "w:gz").close()
+    with pytest.raises(FileNotFoundError, match="holds no data_batch_1: is it the CIFAR-10 python version"):
+        export(tmp_path / "empty.tar.gz", tmp_path / "x.npz")
+
+
+def test_random_flip_flips_about_half_of_the_training_images_and_never_validation_ones():
+    class _Trainer:
+        training = True
+
+    images = torch.arange(64, dtype=torch.int64).reshape(1, 1, 8, 8).repeat(400, 1, 1, 1) % 17
+    dm = DigitsDataModule(random_flip=True, dequantize=False)
+    dm.trainer = _Trainer()
+    torch.manual_seed(0)
+    out = dm.on_after_batch_transfer(images, 0)
+    plain = dm.transform.forward(images)
+    flipped = (out == plain.flip(-1)).flatten(1).all(1)
+    assert ((out == plain).flatten(1).all(1) | flipped).all()
+    assert 0.4 < flipped.float().mean() < 0.6  # 400 fair coins: s.d. 0.025
+    dm.trainer.training = False
+    assert torch.equal(dm.on_after_batch_transfer(images, 0), plain)

@@ -64,11 +64,11 @@ class TensorDataModule(L.LightningDataModule):
     test_raw: Tensor
     transform: DataTransform
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0) -> None:
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, random_flip: bool = False) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.random_flip = batch_size, num_workers, random_flip
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -98,7 +98,13 @@ class TensorDataModule(L.LightningDataModule):
         return self._loader(self.test_raw, False)
 
     def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
-        return self.transform.forward(batch)
+        x = self.transform.forward(batch)
+        if self.random_flip and self.trainer is not None and self.trainer.training:
+            if x.ndim != 4:
+                raise ValueError(f"random_flip applies to images (B, C, H, W), got batches of shape {tuple(x.shape)}")
+            flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5  # horizontal, with probability 1/2
+            x = torch.where(flip, x.flip(-1), x)
+        return x
 
     def real_examples(self, n: int) -> Tensor:
         """``n`` validation points in model space (for pictures next to samples)."""
@@ -211,8 +217,9 @@ class DigitsDataModule(_ImageDataModule):
         high: float = 1.0,
         dequantize: bool = True,
         num_workers: int = 0,
+        random_flip: bool = False,
     ) -> None:
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, random_flip)
         self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
         from sklearn.datasets import load_digits
 
@@ -230,7 +237,7 @@ def _nchw(arr: np.ndarray) -> np.ndarray:
 
 
 class NpzDataModule(TensorDataModule):
-    """Data from an ``.npz`` (or ``.npy``) file: an array ``(N, *D)``.
+    """Data from an ``.npz`` (or ``.npy``) file: an array ``(N, *D)``, optionally with a separate test array.
 
     Integer arrays are treated as discrete (``levels`` defaults to 256 for ``uint8``) and dequantized into
     ``[low, high]``; image arrays ``(N, H, W)``/``(N, H, W, C)`` become ``(N, C, H, W)``. Float arrays are continuous and
@@ -238,45 +245,64 @@ class NpzDataModule(TensorDataModule):
 
     Args:
         path: the file.
-        key: array name inside an ``.npz`` (default: its only array, or ``"x"``/``"data"``/``"images"``).
+        key: array name inside an ``.npz`` (default: its only array, or ``"x"``/``"data"``/``"images"``/``"train"``).
+        test_key: an array of the same file that is the test split (e.g. CIFAR-10's official ``"test"`` images, as
+            written by ``scripts/export_cifar10.py``). Then all of ``key`` is trained on, the test split is ``test_key``,
+            and the validation split is ``val_fraction`` of the test array (a fixed subset; validation only monitors).
         levels: number of discrete values per entry (``None``: continuous for floats, 256 for ``uint8``).
+        val_fraction, test_fraction: split sizes as fractions (``test_fraction`` only without ``test_key``).
+        random_flip: flip training images horizontally with probability 1/2 (the paper's CIFAR-10 setting).
     """
 
     def __init__(
         self,
         path: str,
         key: str | None = None,
+        test_key: str | None = None,
         levels: int | None = None,
         batch_size: int = 128,
         val_fraction: float = 0.05,
-        test_fraction: float = 0.05,
+        test_fraction: float | None = None,
         split_seed: int = 0,
         low: float = -1.0,
         high: float = 1.0,
         dequantize: bool = True,
         num_workers: int = 0,
+        random_flip: bool = False,
     ) -> None:
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, random_flip)
         self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
+        if test_key is not None and test_fraction is not None:
+            raise ValueError("give either test_key (a test array in the file) or test_fraction (split one array), not both")
         arr = self._load(Path(path), key)
-        val, test = _split_sizes(len(arr), val_fraction, test_fraction)
         discrete = np.issubdtype(arr.dtype, np.integer) or levels is not None
         if discrete and levels is None:
             if arr.dtype != np.uint8:
                 raise ValueError(f"{path}: integer data of dtype {arr.dtype}: set `levels` (values per entry)")
             levels = 256
-        if discrete:
-            arr = _nchw(arr)
-        data = torch.from_numpy(np.ascontiguousarray(arr))
-        data = data.to(torch.int64 if discrete else torch.float32)
-        if discrete:
-            transform = DataTransform.discrete(int(levels), low, high, dequantize)
-            transform.forward(data)  # range check of the raw values, before training starts
+        data = self._tensor(arr, discrete)
+        transform = DataTransform.discrete(int(levels), low, high, dequantize) if discrete else DataTransform.identity()
+        if test_key is None:
+            val, test = _split_sizes(len(data), val_fraction, 0.05 if test_fraction is None else test_fraction)
+            tr, va, te = _split(len(data), val, test, split_seed)
+            self.train_raw, self.val_raw, self.test_raw = data[tr], data[va], data[te]
         else:
-            transform = DataTransform.identity()
-        tr, va, te = _split(len(data), val, test, split_seed)
-        self.train_raw, self.val_raw, self.test_raw = data[tr], data[va], data[te]
+            test_data = self._tensor(self._load(Path(path), test_key), discrete)
+            if test_data.shape[1:] != data.shape[1:] or test_data.dtype != data.dtype:
+                raise ValueError(f"{path}: the test array {test_key!r} has shape {tuple(test_data.shape[1:])}, "
+                                 f"the train array {tuple(data.shape[1:])}; they must match")
+            val, _ = _split_sizes(len(test_data), val_fraction, 0.0)
+            self.train_raw, self.test_raw = data, test_data
+            self.val_raw = test_data[_split(len(test_data), val, 0, split_seed)[1]]
+        for split in (self.train_raw, self.test_raw):
+            transform.forward(split)  # range check of the raw values, before training starts
         self.transform = transform
+
+    @staticmethod
+    def _tensor(arr: np.ndarray, discrete: bool) -> Tensor:
+        if discrete:
+            return torch.from_numpy(np.ascontiguousarray(_nchw(arr))).to(torch.int64)
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32)
 
     @staticmethod
     def _load(path: Path, key: str | None) -> np.ndarray:
@@ -288,7 +314,7 @@ class NpzDataModule(TensorDataModule):
         else:
             names = list(loaded.keys())
             if key is None:
-                key = names[0] if len(names) == 1 else next((k for k in ("x", "data", "images") if k in names), None)
+                key = names[0] if len(names) == 1 else next((k for k in ("x", "data", "images", "train") if k in names), None)
             if key not in names:
                 raise KeyError(f"{path} holds arrays {names}; choose one with key=...")
             arr = loaded[key]
@@ -303,6 +329,7 @@ class ImageFolderDataModule(_ImageDataModule):
     Args:
         root: the folder.
         mode: ``"L"`` (grey, 1 channel) or ``"RGB"`` (3 channels).
+        random_flip: flip training images horizontally with probability 1/2.
     """
 
     EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -319,8 +346,9 @@ class ImageFolderDataModule(_ImageDataModule):
         high: float = 1.0,
         dequantize: bool = True,
         num_workers: int = 0,
+        random_flip: bool = False,
     ) -> None:
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, random_flip)
         self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
         from PIL import Image
 
