@@ -1,5 +1,6 @@
 """The Lightning layer: training module, DataModules, callbacks and the CLI. Importing it imports Lightning."""
 
+from .callbacks import BitsPerDimReport as BitsPerDimReport
 from .callbacks import SampleReport as SampleReport
 from .data import DigitsDataModule as DigitsDataModule
 from .data import ImageFolderDataModule as ImageFolderDataModule
