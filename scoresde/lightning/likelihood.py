@@ -31,14 +31,14 @@ import numpy as np
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from .._utils import atomic_path, file_digest
 from ..analytic import GaussianMixture
 from ..likelihood import log_likelihood, nats_to_bits_per_dim
 from ..noise import PerSampleNoise, index_seeds
 from ..transforms import DataTransform
-from .loading import load_data, load_model, split_of
+from .loading import check_manifest, load_data, load_model, parse_devices, split_of
 from .module import ScoreModule
 
 __all__ = [
@@ -78,15 +78,18 @@ def gaussian_logp(train: Tensor, x: Tensor) -> Tensor:
 
 
 class LikelihoodTask(L.LightningModule):
-    """Wraps a trained :class:`ScoreModule` for ``Trainer.predict``: one batch of raw data → per-point likelihoods."""
+    """Wraps a trained :class:`ScoreModule` for ``Trainer.predict``: each batch is the indices of one block of
+    ``--batch-size`` points of ``raw``, solved as one system; blocks are the same whatever the number of processes, so
+    every point gets the same value on 1 or N of them."""
 
-    def __init__(self, model: ScoreModule, transform: DataTransform, cfg: dict[str, Any], parts: Path) -> None:
+    def __init__(self, model: ScoreModule, transform: DataTransform, raw: Tensor, cfg: dict[str, Any], parts: Path) -> None:
         super().__init__()
-        self.model, self.transform, self.cfg, self.parts = model, transform, cfg, parts
+        self.model, self.transform, self.raw, self.cfg, self.parts = model, transform, raw, cfg, parts
         self.done = _done_indices(parts)
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        index, raw = batch
+    def predict_step(self, batch: Tensor, batch_idx: int) -> None:
+        index = batch
+        raw = self.raw[index.cpu()].to(self.device)
         if self.done and all(int(j) in self.done for j in index):
             return  # written by an earlier (interrupted) run
         cfg, dim = self.cfg, raw[0].numel()
@@ -181,13 +184,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", type=str, required=True, help="output directory")
     p.add_argument("--accelerator", type=str, default="auto")
     p.add_argument("--devices", type=str, default="1", help="devices per node (e.g. 4, or auto)")
+    p.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines (torch.distributed / SLURM)")
     p.add_argument("--strategy", type=str, default="auto", help="e.g. ddp; ddp_fork inside notebooks and tests")
     p.add_argument("--progress", type=bool, default=True, help="show a progress bar")
     return p
-
-
-def _devices(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
 
 
 def run_likelihood(cfg: dict[str, Any]) -> dict[str, float] | None:
@@ -214,20 +214,19 @@ def run_likelihood(cfg: dict[str, Any]) -> dict[str, float] | None:
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     manifest = out / "likelihood_config.json"
-    if manifest.exists():
-        old = json.loads(manifest.read_text())
-        if old != json.loads(json.dumps(run)):
-            diff = sorted(k for k in run if old.get(k) != run[k])
-            raise ValueError(f"{out} holds results computed with other settings ({', '.join(diff)} differ); use a new --out")
+    check_manifest(manifest, run, "results computed")
     trainer = L.Trainer(
-        accelerator=cfg["accelerator"], devices=_devices(cfg["devices"]), strategy=cfg["strategy"], logger=False,
+        accelerator=cfg["accelerator"], devices=parse_devices(cfg["devices"]), num_nodes=cfg["num_nodes"],
+        strategy=cfg["strategy"], logger=False,
         inference_mode=False, enable_progress_bar=cfg["progress"], enable_model_summary=False,
     )
     if trainer.is_global_zero and not manifest.exists():
         with atomic_path(manifest) as tmp:
             tmp.write_text(json.dumps(run, indent=2))
-    loader = DataLoader(TensorDataset(torch.arange(len(raw)), raw), batch_size=cfg["batch_size"], shuffle=False)
-    task = LikelihoodTask(model, dm.transform, {**cfg, "trace": trace}, parts)
+    # one loader item per block of points, so the blocks (each one ODE system) do not depend on the number of ranks
+    blocks = list(torch.arange(len(raw)).split(cfg["batch_size"]))
+    loader = DataLoader(blocks, batch_size=None, shuffle=False)
+    task = LikelihoodTask(model, dm.transform, raw, {**cfg, "trace": trace}, parts)
     trainer.predict(task, loader, return_predictions=False)
     trainer.strategy.barrier()  # the one collective: every rank has written its parts
     if not trainer.is_global_zero:

@@ -1,8 +1,10 @@
-"""Loading what ``scoresde fit`` wrote: the model (EMA weights) and the DataModule it was trained on."""
+"""What the ``sample``/``likelihood``/``interpolate`` commands share: loading what ``scoresde fit`` wrote (the model
+with its EMA weights, the DataModule it was trained on) and the run manifest that makes an output folder resumable."""
 
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import yaml
 from .data import TensorDataModule
 from .module import ScoreModule
 
-__all__ = ["load_model", "load_data", "split_of"]
+__all__ = ["load_model", "load_data", "split_of", "check_manifest", "parse_devices"]
 
 
 def _check_ckpt(ckpt: str | Path) -> Path:
@@ -78,3 +80,17 @@ def split_of(dm: TensorDataModule, split: str) -> torch.Tensor:
     if split not in ("train", "val", "test"):
         raise ValueError(f"--split must be train, val or test, got {split!r}")
     return getattr(dm, f"{split}_raw")
+
+
+def check_manifest(manifest: Path, record: dict[str, Any], what: str) -> None:
+    """Refuse to resume into a folder whose ``manifest`` records other settings than ``record`` (names the keys)."""
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        if old != json.loads(json.dumps(record)):
+            diff = sorted(k for k in record if old.get(k) != record[k])
+            raise ValueError(f"{manifest.parent} holds {what} with other settings ({', '.join(diff)} differ); use a new --out")
+
+
+def parse_devices(value: str) -> int | str:
+    """``--devices``: a count (``"4"``) or a Lightning spec (``"auto"``, ``"0,1"``)."""
+    return int(value) if value.isdigit() else value

@@ -36,7 +36,7 @@ from .. import plotting
 from .._utils import atomic_path, file_digest
 from ..noise import derive_seeds
 from ..solvers import SOLVERS, TIME_GRIDS, get_solver
-from .loading import load_model
+from .loading import check_manifest, load_model, parse_devices
 from .module import ScoreModule
 
 __all__ = ["build_parser", "sample_command", "run_sampling", "SamplingTask"]
@@ -149,20 +149,6 @@ def _shard(out: Path, k: int) -> Path:
     return out / f"shard_{k:05d}.npz"
 
 
-def _devices(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
-
-
-def _check_manifest(out: Path, record: dict[str, Any]) -> Path:
-    manifest = out / "sample_config.json"
-    if manifest.exists():
-        old = json.loads(manifest.read_text())
-        if old != json.loads(json.dumps(record)):
-            diff = sorted(k for k in record if old.get(k) != record[k])
-            raise ValueError(f"{out} holds samples drawn with other settings ({', '.join(diff)} differ); use a new --out")
-    return manifest
-
-
 def run_sampling(cfg: dict[str, Any], out: Path) -> Path | None:
     """Draw ``cfg["n"]`` samples in shards under ``out`` (resuming), merge them into ``samples.npz``; returns its path
     on rank 0 (``None`` on the other ranks)."""
@@ -177,9 +163,10 @@ def run_sampling(cfg: dict[str, Any], out: Path) -> Path | None:
     out.mkdir(parents=True, exist_ok=True)
     record = {**{k: cfg[k] for k in RUN_KEYS}, "solver": solver, "options": options, "ckpt": str(ckpt.resolve()),
               "ckpt_sha256": file_digest(ckpt)}
-    manifest = _check_manifest(out, record)
+    manifest = out / "sample_config.json"
+    check_manifest(manifest, record, "samples drawn")
     trainer = L.Trainer(
-        accelerator=cfg["accelerator"], devices=_devices(cfg["devices"]), num_nodes=cfg["num_nodes"],
+        accelerator=cfg["accelerator"], devices=parse_devices(cfg["devices"]), num_nodes=cfg["num_nodes"],
         strategy=cfg["strategy"], precision=cfg["precision"], logger=False, enable_progress_bar=cfg["progress"],
         enable_model_summary=False,
     )

@@ -121,21 +121,32 @@ class FIRConv2d(nn.Module):
         return x + self.bias[None, :, None, None]
 
 
-class Upsample(nn.Module):
-    """×2 upsampling: nearest (+ 3×3 conv) or FIR (fused with the conv when ``with_conv``)."""
+class _Resample(nn.Module):
+    """×2 resampling with an optional convolution, FIR or not; subclasses say which way."""
+
+    up: bool
 
     def __init__(self, c_in: int, c_out: int | None = None, with_conv: bool = False, fir: bool = False,
                  fir_kernel: Sequence[float] = (1, 3, 3, 1)) -> None:
         super().__init__()
         c_out = c_out or c_in
-        self.fir, self.with_conv = fir, with_conv
         if not with_conv and c_out != c_in:
-            raise ValueError("Upsample without a convolution cannot change the channel count")
+            raise ValueError(f"{type(self).__name__} without a convolution cannot change the channel count")
+        self.fir = fir
+        self.conv: nn.Module | None = None
         if fir:
-            self.conv = FIRConv2d(c_in, c_out, fir_kernel, up=True) if with_conv else None
             self.register_buffer("kernel", fir_kernel_2d(fir_kernel), persistent=False)
-        else:
-            self.conv = conv3x3(c_in, c_out) if with_conv else None
+            if with_conv:
+                self.conv = FIRConv2d(c_in, c_out, fir_kernel, up=self.up, down=not self.up)
+        elif with_conv:
+            # up: nearest then a 3×3 conv; down: the reference pads (0, 1, 0, 1) and convolves with stride 2
+            self.conv = conv3x3(c_in, c_out) if self.up else conv3x3(c_in, c_out, stride=2, padding=0)
+
+
+class Upsample(_Resample):
+    """×2 upsampling: nearest (+ 3×3 conv) or FIR (fused with the conv when ``with_conv``)."""
+
+    up = True
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fir:
@@ -144,22 +155,10 @@ class Upsample(nn.Module):
         return self.conv(x) if self.conv is not None else x
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """×2 downsampling: strided 3×3 conv or 2×2 average pooling, or FIR (fused with the conv when ``with_conv``)."""
 
-    def __init__(self, c_in: int, c_out: int | None = None, with_conv: bool = False, fir: bool = False,
-                 fir_kernel: Sequence[float] = (1, 3, 3, 1)) -> None:
-        super().__init__()
-        c_out = c_out or c_in
-        self.fir, self.with_conv = fir, with_conv
-        if not with_conv and c_out != c_in:
-            raise ValueError("Downsample without a convolution cannot change the channel count")
-        if fir:
-            self.conv = FIRConv2d(c_in, c_out, fir_kernel, down=True) if with_conv else None
-            self.register_buffer("kernel", fir_kernel_2d(fir_kernel), persistent=False)
-        else:
-            # the reference pads (0, 1, 0, 1) and convolves with stride 2 and no padding
-            self.conv = conv3x3(c_in, c_out, stride=2, padding=0) if with_conv else None
+    up = False
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fir:
@@ -180,7 +179,7 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, skip_rescale: bool = False, init_scale: float = 0.0) -> None:
         super().__init__()
         self.norm = group_norm(channels)
-        self.qkv = conv1x1(channels, 3 * channels)  # the reference's three NIN layers, fused
+        self.qkv = conv1x1(channels, 3 * channels, init_scale=0.1)  # the reference's three NIN layers (scale 0.1), fused
         self.out = conv1x1(channels, channels, init_scale=init_scale)
         self.skip_rescale = skip_rescale
 
@@ -202,7 +201,7 @@ class ResBlockDDPM(nn.Module):
         self.temb = linear(temb_dim, c_out)
         self.norm2, self.drop = group_norm(c_out), nn.Dropout(dropout)
         self.conv2 = conv3x3(c_out, c_out, init_scale=init_scale)
-        self.skip = conv1x1(c_in, c_out) if c_in != c_out else None  # the reference's NIN shortcut
+        self.skip = conv1x1(c_in, c_out, init_scale=0.1) if c_in != c_out else None  # the reference's NIN shortcut
         self.act, self.skip_rescale = nn.SiLU(), skip_rescale
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:

@@ -206,32 +206,17 @@ class NCSNpp(nn.Module):
 
 class DDPMpp(NCSNpp):
     """DDPM++ cont. (VP, sub-VP): :class:`NCSNpp` with no FIR, no input pyramid, a sinusoidal embedding of ``999 t``
-    and centred data. Every argument of :class:`NCSNpp` is accepted."""
+    and centred data. Every other argument of :class:`NCSNpp` is accepted and keeps its default."""
 
     def __init__(
         self,
-        in_channels: int = 3,
-        image_size: int = 32,
-        nf: int = 128,
-        ch_mult: Sequence[int] = (1, 2, 2, 2),
-        num_res_blocks: int = 4,
-        attn_resolutions: Sequence[int] = (16,),
-        dropout: float = 0.1,
-        resblock_type: Literal["biggan", "ddpm"] = "biggan",
         fir: bool = False,
-        fir_kernel: Sequence[float] = (1, 3, 3, 1),
-        resamp_with_conv: bool = True,
-        skip_rescale: bool = True,
-        progressive: Literal["none", "output_skip", "residual"] = "none",
         progressive_input: Literal["none", "input_skip", "residual"] = "none",
-        progressive_combine: Literal["sum", "cat"] = "sum",
         embedding: Literal["fourier", "positional"] = "positional",
-        fourier_scale: float = 16.0,
-        init_scale: float = 0.0,
         centered: bool = True,
+        **kwargs: Any,
     ) -> None:
-        kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        super().__init__(**kwargs)
+        super().__init__(fir=fir, progressive_input=progressive_input, embedding=embedding, centered=centered, **kwargs)
 
 
 def _sum(a: Tensor, b: Tensor, rescale: bool) -> Tensor:
