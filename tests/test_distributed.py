@@ -39,7 +39,13 @@ def _digest_args(path):
 def test_ddp_training_syncs_gradients_checkpoints_and_resumes(tmp_path):
     toy = ["--config", str(EXPERIMENTS / "toy_vp.yaml"), "--model.sample_steps", "5",
            "--trainer.callbacks.n_samples", "100"]
-    ckpt = _fit(tmp_path, *toy, *DDP, "--trainer.max_steps", "6", *_digest_args(tmp_path))
+    # validation after step 3 and 6 with the bits/dim monitor: 8 points shared by the ranks, one collective
+    val = ["--trainer.val_check_interval", "3", "--trainer.check_val_every_n_epoch", "null",
+           "--trainer.limit_val_batches", "1", "--trainer.callbacks+=scoresde.lightning.BitsPerDimReport",
+           "--trainer.callbacks.n_points", "8"]
+    ckpt = _fit(tmp_path, *toy, *DDP, "--trainer.max_steps", "6", *val, *_digest_args(tmp_path))
+    summary = json.loads((tmp_path / "runs" / "toy_vp" / "summary.json").read_text())
+    assert 0.81 < summary["val/bpd"] < 50.0  # 6 steps of training: finite, above the data's exact 0.81
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # DDP averages gradients: both ranks hold the same weights after 6 steps although they saw different batches and
     # drew different training noise (different first losses).
