@@ -174,10 +174,11 @@ def run_sampling(cfg: dict[str, Any], out: Path) -> Path | None:
         with atomic_path(manifest) as tmp:
             tmp.write_text(json.dumps(record, indent=2))
     shards = math.ceil(cfg["n"] / cfg["batch_size"])
-    todo = [k for k in range(shards) if not _shard(out, k).exists()]
-    if todo:
-        # one shard per predict step; Lightning gives each rank its own share of the list, without padding
-        loader = DataLoader(torch.tensor(todo), batch_size=1, shuffle=False)
+    if any(not _shard(out, k).exists() for k in range(shards)):
+        # One shard per predict step; Lightning gives each rank its share of the list, without padding. The list is
+        # all shards, not those still missing: ranks may start seconds apart (`ddp` relaunches the command), and the
+        # split must not depend on what was on disk when each looked. Finished shards are skipped in the step.
+        loader = DataLoader(torch.arange(shards), batch_size=1, shuffle=False)
         trainer.predict(SamplingTask(model, cfg, solver, options, out), loader, return_predictions=False)
     trainer.strategy.barrier()  # the one collective: every rank has written its shards
     if not trainer.is_global_zero:
