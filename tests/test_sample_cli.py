@@ -100,3 +100,12 @@ def test_a_killed_run_resumes_without_losing_or_redrawing_a_shard(toy_ckpt, tmp_
     assert not list(out.glob(".shard_*"))  # no half-written leftovers
     straight = _run(toy_ckpt, tmp_path / "straight", *args)
     np.testing.assert_array_equal(resumed, straight)
+
+
+def test_bf16_sampling_runs_under_autocast_and_stays_close_to_float32(toy_ckpt, tmp_path):
+    args = ["--solver", "dpm_solver_pp", "--steps", "10", "--n", "64", "--seed", "2"]
+    fp32 = _run(toy_ckpt, tmp_path / "fp32", *args)
+    bf16 = _run(toy_ckpt, tmp_path / "bf16", *args, "--precision", "bf16-mixed")
+    diff = np.abs(bf16 - fp32)
+    assert diff.max() > 0  # the network really ran in bfloat16 (8-bit mantissa)
+    assert diff.mean() < 0.05 * np.abs(fp32).mean()  # ... and the solver's float32/64 arithmetic kept samples close
