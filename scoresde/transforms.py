@@ -63,17 +63,21 @@ class DataTransform:
         """What to add to ``-log2 p_z / D`` to get bits/dim of the raw data (see module docstring)."""
         return (math.log2(self.levels) if self.levels is not None else 0.0) - math.log2(self.scale)
 
+    def check(self, raw: Tensor) -> None:
+        """Raise if discrete raw data hold values outside ``0 … levels-1`` (continuous data are not checked)."""
+        if self.levels is not None and (bool((raw < 0).any()) or bool((raw > self.levels - 1).any())):
+            raise ValueError(
+                f"discrete data must hold integers in [0, {self.levels - 1}], got values in "
+                f"[{float(raw.min()):g}, {float(raw.max()):g}]; set levels to match your data"
+            )
+
     def forward(self, raw: Tensor, *, generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
         """Raw data → model space (float32 unless ``raw`` is float64). The dequantization noise is drawn from
         ``generator``, or given as ``u`` (shaped like ``raw``, in ``[0, 1)``; e.g. per-sample streams)."""
         dtype = raw.dtype if raw.dtype == torch.float64 else torch.float32
+        self.check(raw)
         y = raw.to(dtype)
         if self.levels is not None:
-            if bool((y < 0).any()) or bool((y > self.levels - 1).any()):
-                raise ValueError(
-                    f"discrete data must hold integers in [0, {self.levels - 1}], got values in "
-                    f"[{float(y.min()):g}, {float(y.max()):g}]; set levels to match your data"
-                )
             if not self.dequantize:
                 u = 0.5
             elif u is None:

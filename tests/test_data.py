@@ -96,6 +96,9 @@ def test_npz_images_and_vectors(tmp_path):
     np.savez(tmp_path / "ints.npz", x=np.zeros((10, 4), dtype=np.int32))
     with pytest.raises(ValueError, match="set `levels`"):
         NpzDataModule(str(tmp_path / "ints.npz"))
+    np.savez(tmp_path / "big.npz", x=np.arange(40, dtype=np.int32).reshape(10, 4))
+    with pytest.raises(ValueError, match=r"integers in \[0, 15\], got values in \[0, 39\]"):
+        NpzDataModule(str(tmp_path / "big.npz"), levels=16)  # refused when the module is built, not at the first batch
 
 
 def test_image_folder(tmp_path):

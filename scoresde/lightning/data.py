@@ -295,7 +295,7 @@ class NpzDataModule(TensorDataModule):
             self.train_raw, self.test_raw = data, test_data
             self.val_raw = test_data[_split(len(test_data), val, 0, split_seed)[1]]
         for split in (self.train_raw, self.test_raw):
-            transform.forward(split)  # range check of the raw values, before training starts
+            transform.check(split)  # the raw values' range, before training starts (without dequantizing them all)
         self.transform = transform
 
     @staticmethod
