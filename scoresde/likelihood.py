@@ -38,6 +38,7 @@ __all__ = [
     "bits_per_dim",
     "nats_to_bits_per_dim",
     "divergence",
+    "resolve_trace",
     "ADAPTIVE_METHODS",
 ]
 
@@ -116,6 +117,19 @@ def _per_sample_mixed_norm(dim: int) -> Callable[[Tensor], Tensor]:
         return torch.maximum(x_rms, r[:, dim].abs()).max()
 
     return norm
+
+
+EXACT_TRACE_MAX_DIM = 16  # "auto" takes the exact trace (D VJPs per evaluation) up to this many dimensions
+
+
+def resolve_trace(trace: str, dim: int) -> Trace:
+    """``"exact"``/``"hutchinson"`` as given; ``"auto"``: exact up to ``EXACT_TRACE_MAX_DIM`` dimensions, else
+    Hutchinson."""
+    if trace == "auto":
+        return "exact" if dim <= EXACT_TRACE_MAX_DIM else "hutchinson"
+    if trace not in ("exact", "hutchinson"):
+        raise ValueError(f"unknown trace {trace!r}; use 'exact' (autograd, small D), 'hutchinson' or 'auto'")
+    return trace
 
 
 def check_t_eps(sde: SDE, t_eps: float) -> None:

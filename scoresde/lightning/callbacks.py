@@ -13,7 +13,7 @@ import torch
 
 from .. import metrics, plotting
 from .._utils import atomic_path
-from ..likelihood import bits_per_dim
+from ..likelihood import bits_per_dim, resolve_trace
 from .module import ScoreModule
 
 __all__ = ["SampleReport", "BitsPerDimReport"]
@@ -177,7 +177,7 @@ class BitsPerDimReport(L.Callback):
         raw = trainer.datamodule.val_raw[: self.n_points][trainer.global_rank :: trainer.world_size]
         if len(raw) == 0:
             raise ValueError(f"BitsPerDimReport: {self.n_points} points cannot be shared by {trainer.world_size} ranks")
-        trace = self.trace if self.trace != "auto" else ("exact" if raw[0].numel() <= 16 else "hutchinson")
+        trace = resolve_trace(self.trace, raw[0].numel())
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_rank)
         # validation runs under inference mode; the divergence needs autograd
         with torch.inference_mode(False), torch.enable_grad():

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .. import plotting
 from .._utils import atomic_path
 from ..interpolate import decode, encode, interpolate
-from ..likelihood import log_likelihood
+from ..likelihood import log_likelihood, resolve_trace
 from ..noise import PerSampleNoise, index_seeds
 from .likelihood import dequantized, mean_stderr
 from .loading import load_data, load_model, split_of
@@ -76,7 +76,7 @@ def run_interpolation(cfg: dict[str, Any]) -> dict[str, Any]:
     tf, score, sde = dm.transform, model.score_model, model.sde
     x = dequantized(tf, raw[: 2 * K], torch.arange(2 * K), cfg["seed"]).to(device)
     dim = x[0].numel()
-    trace = cfg["trace"] if cfg["trace"] != "auto" else ("exact" if dim <= 16 else "hutchinson")
+    trace = resolve_trace(cfg["trace"], dim)
     ode = {"t_eps": cfg["t_eps"], "rtol": cfg["rtol"], "atol": cfg["atol"]}
 
     with torch.no_grad():

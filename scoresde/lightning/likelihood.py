@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from .._utils import atomic_path, file_digest
 from ..analytic import GaussianMixture
-from ..likelihood import log_likelihood, nats_to_bits_per_dim
+from ..likelihood import log_likelihood, nats_to_bits_per_dim, resolve_trace
 from ..noise import PerSampleNoise, index_seeds
 from ..transforms import DataTransform
 from .loading import check_manifest, load_data, load_model, parse_devices, split_of
@@ -206,7 +206,7 @@ def run_likelihood(cfg: dict[str, Any]) -> dict[str, float] | None:
     if len(raw) == 0:
         raise ValueError(f"the {cfg['split']} split is empty")
     dim = raw[0].numel()
-    trace = cfg["trace"] if cfg["trace"] != "auto" else ("exact" if dim <= 16 else "hutchinson")
+    trace = resolve_trace(cfg["trace"], dim)
     run = {**{k: cfg[k] for k in RUN_KEYS}, "trace": trace, "n": len(raw), "data": str(cfg["data"]),
            "ckpt_sha256": file_digest(cfg["ckpt"])}
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "variance_scaling_", "conv1x1", "conv3x3", "linear", "group_norm", "fir_kernel_2d", "upfirdn2d", "upsample_2d",
+    "variance_scaling_", "residual_sum", "conv1x1", "conv3x3", "linear", "group_norm", "fir_kernel_2d", "upfirdn2d", "upsample_2d",
     "downsample_2d", "FIRConv2d", "Upsample", "Downsample", "AttnBlock", "ResBlockDDPM", "ResBlockBigGAN", "Combine",
 ]
 
@@ -169,7 +169,8 @@ class Downsample(_Resample):
 
 
 # ---- blocks ----------------------------------------------------------------------------------------------------
-def _merge(x: Tensor, h: Tensor, skip_rescale: bool) -> Tensor:
+def residual_sum(x: Tensor, h: Tensor, skip_rescale: bool) -> Tensor:
+    """``x + h``, divided by ``√2`` with ``skip_rescale`` (keeps the variance of a sum of two unit-variance terms)."""
     return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
@@ -187,7 +188,7 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(2, 3).unbind(1)  # each (B, HW, C)
         a = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # (B, HW, C)
-        return _merge(x, self.out(a.transpose(1, 2).reshape(b, c, h, w)), self.skip_rescale)
+        return residual_sum(x, self.out(a.transpose(1, 2).reshape(b, c, h, w)), self.skip_rescale)
 
 
 class ResBlockDDPM(nn.Module):
@@ -207,7 +208,7 @@ class ResBlockDDPM(nn.Module):
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         h = self.conv1(self.act(self.norm1(x))) + self.temb(self.act(temb))[:, :, None, None]
         h = self.conv2(self.drop(self.act(self.norm2(h))))
-        return _merge(x if self.skip is None else self.skip(x), h, self.skip_rescale)
+        return residual_sum(x if self.skip is None else self.skip(x), h, self.skip_rescale)
 
 
 class ResBlockBigGAN(nn.Module):
@@ -240,7 +241,7 @@ class ResBlockBigGAN(nn.Module):
         x = self._resample(x)
         h = self.conv1(h) + self.temb(self.act(temb))[:, :, None, None]
         h = self.conv2(self.drop(self.act(self.norm2(h))))
-        return _merge(x if self.skip is None else self.skip(x), h, self.skip_rescale)
+        return residual_sum(x if self.skip is None else self.skip(x), h, self.skip_rescale)
 
 
 class Combine(nn.Module):

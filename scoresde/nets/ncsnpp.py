@@ -16,7 +16,6 @@ Both CIFAR-10 configurations use ``nf = 128``, ``ch_mult = (1, 2, 2, 2)``, 4 res
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from .layers import (
-    AttnBlock, Combine, Downsample, ResBlockBigGAN, ResBlockDDPM, Upsample, conv3x3, group_norm, linear,
+    AttnBlock, Combine, Downsample, ResBlockBigGAN, ResBlockDDPM, Upsample, conv3x3, group_norm, linear, residual_sum,
 )
 
 __all__ = ["NCSNpp", "DDPMpp", "paper_config", "PAPER_CONFIGS", "count_parameters"]
@@ -178,7 +177,7 @@ class NCSNpp(nn.Module):
                     pyramid = stage.pyramid_down(pyramid)
                     h = stage.combine(pyramid, h)
                 elif self.progressive_input == "residual":
-                    pyramid = h = _sum(stage.pyramid_down(pyramid), h, self.skip_rescale)
+                    pyramid = h = residual_sum(stage.pyramid_down(pyramid), h, self.skip_rescale)
                 hs.append(h)
 
         h = self.mid[0](hs[-1], temb)
@@ -198,7 +197,7 @@ class NCSNpp(nn.Module):
                 if pyramid is None:
                     pyramid = stage.pyramid(h)
                 else:
-                    pyramid = h = _sum(stage.pyramid(pyramid), h, self.skip_rescale)
+                    pyramid = h = residual_sum(stage.pyramid(pyramid), h, self.skip_rescale)
             if level > 0:
                 h = stage.upsample(h) if self.resblock_type == "ddpm" else stage.upsample(h, temb)
         return pyramid if self.progressive == "output_skip" else self.conv_out(h)
@@ -217,10 +216,6 @@ class DDPMpp(NCSNpp):
         **kwargs: Any,
     ) -> None:
         super().__init__(fir=fir, progressive_input=progressive_input, embedding=embedding, centered=centered, **kwargs)
-
-
-def _sum(a: Tensor, b: Tensor, rescale: bool) -> Tensor:
-    return (a + b) / math.sqrt(2.0) if rescale else a + b
 
 
 def _check_options(o: dict[str, Any]) -> None:
