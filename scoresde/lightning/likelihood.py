@@ -38,7 +38,7 @@ from ..analytic import GaussianMixture
 from ..likelihood import log_likelihood, nats_to_bits_per_dim, resolve_trace
 from ..noise import PerSampleNoise, index_seeds
 from ..transforms import DataTransform
-from .loading import check_manifest, load_data, load_model, parse_devices, split_of
+from .loading import add_device_arguments, check_manifest, load_data, load_model, predict_trainer, record_run, split_of
 from .module import ScoreModule
 
 __all__ = [
@@ -182,11 +182,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--batch_size", "--batch-size", type=int, default=128)
     p.add_argument("--out", type=str, required=True, help="output directory")
-    p.add_argument("--accelerator", type=str, default="auto")
-    p.add_argument("--devices", type=str, default="1", help="devices per node (e.g. 4, or auto)")
-    p.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines (torch.distributed / SLURM)")
-    p.add_argument("--strategy", type=str, default="auto", help="e.g. ddp; ddp_fork inside notebooks and tests")
-    p.add_argument("--progress", type=bool, default=True, help="show a progress bar")
+    add_device_arguments(p)
     return p
 
 
@@ -215,14 +211,8 @@ def run_likelihood(cfg: dict[str, Any]) -> dict[str, float] | None:
     parts.mkdir(parents=True, exist_ok=True)
     manifest = out / "likelihood_config.json"
     check_manifest(manifest, run, "results computed")
-    trainer = L.Trainer(
-        accelerator=cfg["accelerator"], devices=parse_devices(cfg["devices"]), num_nodes=cfg["num_nodes"],
-        strategy=cfg["strategy"], logger=False,
-        inference_mode=False, enable_progress_bar=cfg["progress"], enable_model_summary=False,
-    )
-    if trainer.is_global_zero and not manifest.exists():
-        with atomic_path(manifest) as tmp:
-            tmp.write_text(json.dumps(run, indent=2))
+    trainer = predict_trainer(cfg, inference_mode=False)  # the divergence needs autograd
+    record_run(manifest, run, trainer.is_global_zero)
     # one loader item per block of points, so the blocks (each one ODE system) do not depend on the number of ranks
     blocks = list(torch.arange(len(raw)).split(cfg["batch_size"]))
     loader = DataLoader(blocks, batch_size=None, shuffle=False)

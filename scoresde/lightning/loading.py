@@ -11,10 +11,14 @@ from typing import Any
 import torch
 import yaml
 
+from .._utils import atomic_path
+
 from .data import TensorDataModule
 from .module import ScoreModule
 
-__all__ = ["load_model", "load_data", "split_of", "check_manifest", "parse_devices"]
+__all__ = [
+    "load_model", "load_data", "split_of", "check_manifest", "record_run", "add_device_arguments", "predict_trainer",
+]
 
 
 def _check_ckpt(ckpt: str | Path) -> Path:
@@ -91,6 +95,29 @@ def check_manifest(manifest: Path, record: dict[str, Any], what: str) -> None:
             raise ValueError(f"{manifest.parent} holds {what} with other settings ({', '.join(diff)} differ); use a new --out")
 
 
-def parse_devices(value: str) -> int | str:
-    """``--devices``: a count (``"4"``) or a Lightning spec (``"auto"``, ``"0,1"``)."""
-    return int(value) if value.isdigit() else value
+def record_run(manifest: Path, record: dict[str, Any], is_global_zero: bool) -> None:
+    """Write the manifest of a new run (rank 0 only, atomically); :func:`check_manifest` reads it on a rerun."""
+    if is_global_zero and not manifest.exists():
+        with atomic_path(manifest) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+
+
+def add_device_arguments(p: Any) -> None:
+    """The options by which a command spreads its work over devices and machines (Lightning's), and its progress bar."""
+    p.add_argument("--accelerator", type=str, default="auto", help="cpu, gpu, ... (default: a GPU if there is one)")
+    p.add_argument("--devices", type=str, default="1", help="devices per node (e.g. 4, or auto)")
+    p.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines (torch.distributed / SLURM)")
+    p.add_argument("--strategy", type=str, default="auto", help="e.g. ddp; ddp_fork inside notebooks and tests")
+    p.add_argument("--progress", type=bool, default=True, help="show a progress bar")
+
+
+def predict_trainer(cfg: dict[str, Any], **options: Any) -> "L.Trainer":
+    """A Trainer for a command's predict loop, from the options of :func:`add_device_arguments` (no logger, no model
+    summary); ``options`` go to ``L.Trainer`` (e.g. ``precision``, ``inference_mode``)."""
+    import lightning as L
+
+    devices = int(cfg["devices"]) if cfg["devices"].isdigit() else cfg["devices"]  # a count, or "auto" / "0,1"
+    return L.Trainer(
+        accelerator=cfg["accelerator"], devices=devices, num_nodes=cfg["num_nodes"], strategy=cfg["strategy"],
+        logger=False, enable_progress_bar=cfg["progress"], enable_model_summary=False, **options,
+    )

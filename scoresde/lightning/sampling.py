@@ -17,7 +17,6 @@ and draws ``samples.png``.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from .. import plotting
 from .._utils import atomic_path, file_digest
 from ..noise import derive_seeds
 from ..solvers import SOLVERS, TIME_GRIDS, get_solver
-from .loading import check_manifest, load_model, parse_devices
+from .loading import add_device_arguments, check_manifest, load_model, predict_trainer, record_run
 from .module import ScoreModule
 
 __all__ = ["build_parser", "sample_command", "run_sampling", "SamplingTask"]
@@ -58,12 +57,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--denoise", type=bool, default=False, help="finish with Tweedie's denoising step")
     p.add_argument("--t_end", type=float | None, default=None, help="end time (default: the SDE's sampling_eps)")
     p.add_argument("--out", type=str, required=True, help="output directory")
-    p.add_argument("--accelerator", type=str, default="auto", help="cpu, gpu, ... (default: a GPU if there is one)")
-    p.add_argument("--devices", type=str, default="1", help="devices per node (e.g. 4, or auto)")
-    p.add_argument("--num_nodes", "--num-nodes", type=int, default=1, help="machines (torch.distributed / SLURM)")
-    p.add_argument("--strategy", type=str, default="auto", help="e.g. ddp; ddp_fork inside notebooks and tests")
+    add_device_arguments(p)
     p.add_argument("--precision", type=str | None, default=None, help="e.g. bf16-mixed (default: 32-bit)")
-    p.add_argument("--progress", type=bool, default=True, help="show a progress bar")
     return p
 
 
@@ -165,14 +160,8 @@ def run_sampling(cfg: dict[str, Any], out: Path) -> Path | None:
               "ckpt_sha256": file_digest(ckpt)}
     manifest = out / "sample_config.json"
     check_manifest(manifest, record, "samples drawn")
-    trainer = L.Trainer(
-        accelerator=cfg["accelerator"], devices=parse_devices(cfg["devices"]), num_nodes=cfg["num_nodes"],
-        strategy=cfg["strategy"], precision=cfg["precision"], logger=False, enable_progress_bar=cfg["progress"],
-        enable_model_summary=False,
-    )
-    if trainer.is_global_zero and not manifest.exists():
-        with atomic_path(manifest) as tmp:
-            tmp.write_text(json.dumps(record, indent=2))
+    trainer = predict_trainer(cfg, precision=cfg["precision"])
+    record_run(manifest, record, trainer.is_global_zero)
     shards = math.ceil(cfg["n"] / cfg["batch_size"])
     if any(not _shard(out, k).exists() for k in range(shards)):
         # One shard per predict step; Lightning gives each rank its share of the list, without padding. The list is
