@@ -113,6 +113,17 @@ def test_paper_networks_at_reduced_width_run_on_cifar_sized_images(name):
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", ["ddpmpp_cont", "ncsnpp_cont"])
+def test_uncentred_network_is_the_centred_one_applied_to_2x_minus_1(name):
+    # data in [0, 1] (the VE experiments) are mapped to [-1, 1] inside the network, nowhere else
+    centred = paper_config(name, nf=8, centered=True, init_scale=1.0).eval()  # outputs of order 1, not ~1e-6
+    uncentred = paper_config(name, nf=8, centered=False, init_scale=1.0).eval()
+    uncentred.load_state_dict(centred.state_dict())
+    x, c = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2)), torch.tensor([1.0, 10.0, 500.0])
+    torch.testing.assert_close(uncentred(x, c), centred(2 * x - 1, c), rtol=0, atol=0)
+    assert (uncentred(x, c) - centred(x, c)).abs().max() > 0.1  # and the mapping matters
+
+
 def test_bad_configurations_are_explained():
     with pytest.raises(ValueError, match="unknown paper network 'ddpm'; available: ddpmpp_cont"):
         paper_config("ddpm")
