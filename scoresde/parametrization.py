@@ -8,7 +8,9 @@ With ``x_t = alpha_t x_0 + sigma_t eps`` (any SDE of :mod:`scoresde.sde`), the f
     score  the network output is the score itself
 
 The network sees ``(x_t, c_noise)`` where ``c_noise`` follows the reference conventions: ``999 t`` for VP/sub-VP
-(embedded sinusoidally) and ``log sigma_t`` for VE (embedded with Gaussian Fourier features).
+(embedded sinusoidally) and ``log sigma_t`` for VE (embedded with Gaussian Fourier features). A conditional network
+also sees the condition ``y``: class labels ``(B,)`` with ``-1`` the null label, or vectors ``(B, C)`` with NaN rows
+null; ``y=None`` calls the network as ``net(x_t, c_noise)``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class ScoreModel(nn.Module):
     """Wrap ``net(x, c_noise)`` that predicts ``eps``, ``x0``, ``v`` or the ``score`` so that ``model(x, t)`` is the score.
 
     Args:
-        net: module called as ``net(x_t, c_noise)`` with ``x_t: (B, *D)``, ``c_noise: (B,)``; returns ``(B, *D)``.
+        net: module called as ``net(x_t, c_noise)`` (or ``net(x_t, c_noise, y)`` with a condition) with ``x_t: (B, *D)``,
+            ``c_noise: (B,)``; returns ``(B, *D)``.
         sde: the forward SDE that defines ``alpha_t`` and ``sigma_t``.
         prediction: what the network predicts: ``"eps"`` (default), ``"x0"``, ``"v"`` or ``"score"``.
         time_input: ``"auto"`` (the SDE's reference convention), ``"t"`` (``999 t``) or ``"log_sigma"``.
@@ -66,9 +69,15 @@ class ScoreModel(nn.Module):
         sigma = append_dims(self.sde.sigma(t), x.ndim).to(x.dtype)
         return alpha, sigma
 
-    def raw(self, x: Tensor, t: Tensor) -> Tensor:
-        """The network's own output at ``(x_t, t)``: ``(B, *D)``."""
-        return self.net(x, noise_condition(self.sde, t, self.time_input).to(x.dtype))
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes of a class-conditional network (its ``num_classes``), ``None`` otherwise."""
+        return getattr(self.net, "num_classes", None)
+
+    def raw(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The network's own output at ``(x_t, t)`` (given ``y``): ``(B, *D)``."""
+        c_noise = noise_condition(self.sde, t, self.time_input).to(x.dtype)
+        return self.net(x, c_noise) if y is None else self.net(x, c_noise, y)
 
     def _eps_from(self, out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """Noise implied by a network output of this model's prediction type (the table in the module docstring)."""
@@ -80,26 +89,26 @@ class ScoreModel(nn.Module):
             return (sigma * x + alpha * out) / (alpha**2 + sigma**2)
         return -sigma * out  # score
 
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+    def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Predicted noise ``eps_hat = -sigma_t score``: ``(B, *D)``."""
-        out = self.raw(x, t)
+        out = self.raw(x, t, y)
         if self.prediction == "eps":
             return out
         return self._eps_from(out, x, *self._coeffs(x, t))
 
-    def score(self, x: Tensor, t: Tensor) -> Tensor:
-        """Predicted score ``∇ log p_t(x) = -eps_hat / sigma_t``: ``(B, *D)``."""
-        out = self.raw(x, t)
+    def score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Predicted score ``∇ log p_t(x | y) = -eps_hat / sigma_t``: ``(B, *D)``."""
+        out = self.raw(x, t, y)
         if self.prediction == "score":
             return out
         alpha, sigma = self._coeffs(x, t)
         return -self._eps_from(out, x, alpha, sigma) / sigma
 
-    def x0(self, x: Tensor, t: Tensor) -> Tensor:
+    def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Predicted ``E[x_0 | x_t]`` by Tweedie's formula, ``(x_t + sigma_t² score) / alpha_t``: ``(B, *D)``."""
         alpha, sigma = self._coeffs(x, t)
-        return (x + sigma**2 * self.score(x, t)) / alpha
+        return (x + sigma**2 * self.score(x, t, y)) / alpha
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Same as :meth:`score`, so the module itself is a ``score_fn``."""
-        return self.score(x, t)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Same as :meth:`score`, so the module itself is a ``score_fn`` (and, with ``y``, a conditional one)."""
+        return self.score(x, t, y)

@@ -1,6 +1,9 @@
 """DataModules: 2-D toy sets (exact densities where they exist), scikit-learn's 8×8 digits, ``.npz`` files and image
 folders. Nothing is downloaded. Each exposes ``data_shape`` and ``transform`` (linked into the model by the CLI); raw
-data stay in their own units and are mapped to model space (dequantized, rescaled) on the device, batch by batch."""
+data stay in their own units and are mapped to model space (dequantized, rescaled) on the device, batch by batch.
+
+With ``labels`` switched on, batches are ``(x, y)`` pairs (class labels ``y: (B,)``) for class-conditional training;
+``num_classes`` says how many classes there are."""
 
 from __future__ import annotations
 
@@ -21,19 +24,19 @@ __all__ = ["TensorDataModule", "ToyDataModule", "DigitsDataModule", "NpzDataModu
 
 
 class _Rows(Dataset):
-    """A tensor whose batches are gathered in one indexing op (``__getitems__``) rather than row by row."""
+    """A tensor (and its labels) whose batches are gathered in one indexing op (``__getitems__``), not row by row."""
 
-    def __init__(self, data: Tensor) -> None:
-        self.data = data
+    def __init__(self, data: Tensor, labels: Tensor | None = None) -> None:
+        self.data, self.labels = data, labels
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, i: int) -> Tensor:
-        return self.data[i]
+    def __getitem__(self, i: int) -> Tensor | tuple[Tensor, Tensor]:
+        return self.data[i] if self.labels is None else (self.data[i], self.labels[i])
 
-    def __getitems__(self, idx: list[int]) -> Tensor:
-        return self.data[idx]
+    def __getitems__(self, idx: list[int]) -> Tensor | tuple[Tensor, Tensor]:
+        return self.data[idx] if self.labels is None else (self.data[idx], self.labels[idx])
 
 
 def _identity(batch: Tensor) -> Tensor:
@@ -45,6 +48,16 @@ def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1; got {val_fraction}, {test_fraction}")
     return max(1, int(round(val_fraction * n))), int(round(test_fraction * n))
+
+
+def _check_labels(labels: np.ndarray | Tensor, n: int, what: str) -> Tensor:
+    """Integer class labels ``(n,)`` in ``[0, K)``, as int64."""
+    y = torch.as_tensor(np.asarray(labels))
+    if y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"{what}: labels must be integers shaped ({n},) (one per data point), got {tuple(y.shape)} {y.dtype}")
+    if n and int(y.min()) < 0:
+        raise ValueError(f"{what}: labels must be >= 0 (-1 is reserved for 'no class'), got {int(y.min())}")
+    return y.long()
 
 
 def _split(n: int, val: int, test: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -63,6 +76,11 @@ class TensorDataModule(L.LightningDataModule):
     val_raw: Tensor
     test_raw: Tensor
     transform: DataTransform
+    train_labels: Tensor | None = None
+    val_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    num_classes: int | None = None
+    """Number of classes when the splits carry labels (batches are then ``(x, y)``), else ``None``."""
 
     def __init__(self, batch_size: int = 128, num_workers: int = 0, random_flip: bool = False) -> None:
         super().__init__()
@@ -75,11 +93,20 @@ class TensorDataModule(L.LightningDataModule):
         """Shape of one data point, e.g. ``(2,)`` or ``(1, 8, 8)``."""
         return tuple(self.train_raw.shape[1:])
 
-    def _loader(self, data: Tensor, train: bool) -> DataLoader:
+    def _set_labels(self, train: Tensor, val: Tensor, test: Tensor, num_classes: int | None = None) -> None:
+        """Attach class labels to the three splits; ``num_classes`` defaults to the largest label + 1."""
+        self.train_labels, self.val_labels, self.test_labels = train, val, test
+        seen = int(max(int(y.max()) for y in (train, val, test) if len(y))) + 1
+        if num_classes is not None and seen > num_classes:
+            raise ValueError(f"labels go up to {seen - 1} but num_classes={num_classes}")
+        self.num_classes = num_classes or seen
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        data = getattr(self, f"{split}_raw")
         if len(data) == 0:
             raise ValueError("this split is empty; give it a positive size")
         return DataLoader(
-            _Rows(data),
+            _Rows(data, getattr(self, f"{split}_labels")),
             batch_size=min(self.batch_size, len(data)),
             shuffle=train,
             drop_last=train and len(data) >= self.batch_size,
@@ -89,15 +116,21 @@ class TensorDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_raw, True)
+        return self._loader("train", True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_raw, False)
+        return self._loader("val", False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_raw, False)
+        return self._loader("test", False)
 
-    def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
+    def on_after_batch_transfer(self, batch: Tensor | tuple[Tensor, Tensor], dataloader_idx: int) -> Tensor | tuple[Tensor, Tensor]:
+        if isinstance(batch, (tuple, list)):
+            x, y = batch
+            return self._to_model_space(x), y
+        return self._to_model_space(batch)
+
+    def _to_model_space(self, batch: Tensor) -> Tensor:
         x = self.transform.forward(batch)
         if self.random_flip and self.trainer is not None and self.trainer.training:
             if x.ndim != 4:
@@ -149,6 +182,8 @@ class ToyDataModule(TensorDataModule):
         n_train, n_val, n_test: split sizes.
         batch_size: training batch size.
         seed: seed of the data draw.
+        labels: yield ``(x, y)`` batches with the mixture component ``y`` each point was drawn from (``ring`` and
+            ``mixture`` only): the classes of a class-conditional model whose exact conditional score is known.
     """
 
     def __init__(
@@ -161,6 +196,7 @@ class ToyDataModule(TensorDataModule):
         batch_size: int = 512,
         seed: int = 0,
         num_workers: int = 0,
+        labels: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers)
         self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
@@ -176,12 +212,17 @@ class ToyDataModule(TensorDataModule):
         self.target: GaussianMixture | None = GaussianMixture.ring() if name == "ring" else mixture
         g = torch.Generator().manual_seed(seed)
         n = n_train + n_val + n_test
+        if labels and self.target is None:
+            raise ValueError(f"labels=True needs a dataset made of mixture components ('ring' or 'mixture'), not {name!r}")
         if self.target is not None:
-            data = self.target.sample(n, generator=g)
+            data, y = self.target.sample(n, generator=g, return_labels=True)
         else:
             data = {"moons": _moons, "swiss_roll": _swiss_roll, "checkerboard": _checkerboard}[name](n, g).float()
         self.train_raw, self.val_raw, self.test_raw = data[:n_train], data[n_train : n_train + n_val], data[n_train + n_val :]
         self.transform = DataTransform.identity()
+        if labels:
+            y = y.cpu()
+            self._set_labels(y[:n_train], y[n_train : n_train + n_val], y[n_train + n_val :], self.target.n_components)
 
 
 # ---- images ------------------------------------------------------------------------------------------------------
@@ -189,7 +230,8 @@ class _ImageDataModule(TensorDataModule):
     """Discrete-valued images ``(N, C, H, W)`` with fixed validation/test splits and a recorded transform."""
 
     def _setup_images(
-        self, images: Tensor, levels: int, val: int, test: int, seed: int, low: float, high: float, dequantize: bool
+        self, images: Tensor, levels: int, val: int, test: int, seed: int, low: float, high: float, dequantize: bool,
+        labels: Tensor | None = None,
     ) -> None:
         if images.ndim != 4:
             raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
@@ -198,6 +240,8 @@ class _ImageDataModule(TensorDataModule):
         tr, va, te = _split(len(images), val, test, seed)
         self.train_raw, self.val_raw, self.test_raw = images[tr], images[va], images[te]
         self.transform = DataTransform.discrete(levels, low, high, dequantize)
+        if labels is not None:
+            self._set_labels(labels[tr], labels[va], labels[te])
 
 
 class DigitsDataModule(_ImageDataModule):
@@ -205,6 +249,7 @@ class DigitsDataModule(_ImageDataModule):
 
     Fixed splits (seed 0 by default): 1,350 train, 150 validation, 297 test. Pixels are uniformly dequantized and
     mapped to ``[low, high]``; the transform is recorded so bits/dim offsets follow from it (``log2 17 - log2 2``).
+    With ``labels=True`` batches are ``(x, y)`` with the digit ``y`` in 0…9 (for class-conditional models).
     """
 
     def __init__(
@@ -218,13 +263,16 @@ class DigitsDataModule(_ImageDataModule):
         dequantize: bool = True,
         num_workers: int = 0,
         random_flip: bool = False,
+        labels: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, random_flip)
         self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
         from sklearn.datasets import load_digits
 
-        images = torch.from_numpy(load_digits().images.astype(np.uint8)).unsqueeze(1)
-        self._setup_images(images, 17, n_val, n_test, split_seed, low, high, dequantize)
+        digits = load_digits()
+        images = torch.from_numpy(digits.images.astype(np.uint8)).unsqueeze(1)
+        y = _check_labels(digits.target, len(images), "digits") if labels else None
+        self._setup_images(images, 17, n_val, n_test, split_seed, low, high, dequantize, y)
 
 
 def _nchw(arr: np.ndarray) -> np.ndarray:
@@ -250,6 +298,9 @@ class NpzDataModule(TensorDataModule):
             written by ``scripts/export_cifar10.py``). Then all of ``key`` is trained on, the test split is ``test_key``,
             and the validation split is ``val_fraction`` of the test array (a fixed subset; validation only monitors).
         levels: number of discrete values per entry (``None``: continuous for floats, 256 for ``uint8``).
+        label_key: an array of class labels ``(N,)`` in the same file (e.g. ``"train_labels"``): batches become
+            ``(x, y)`` for class-conditional training.
+        test_label_key: the labels of ``test_key`` (needed with ``test_key`` and ``label_key``).
         val_fraction, test_fraction: split sizes as fractions (``test_fraction`` only without ``test_key``).
         random_flip: flip training images horizontally with probability 1/2 (the paper's CIFAR-10 setting).
     """
@@ -269,9 +320,13 @@ class NpzDataModule(TensorDataModule):
         dequantize: bool = True,
         num_workers: int = 0,
         random_flip: bool = False,
+        label_key: str | None = None,
+        test_label_key: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, random_flip)
         self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
+        if test_key is not None and label_key is not None and test_label_key is None:
+            raise ValueError("with test_key and label_key, name the test labels too: test_label_key=...")
         if test_key is not None and test_fraction is not None:
             raise ValueError("give either test_key (a test array in the file) or test_fraction (split one array), not both")
         arr = self._load(Path(path), key)
@@ -286,6 +341,9 @@ class NpzDataModule(TensorDataModule):
             val, test = _split_sizes(len(data), val_fraction, 0.05 if test_fraction is None else test_fraction)
             tr, va, te = _split(len(data), val, test, split_seed)
             self.train_raw, self.val_raw, self.test_raw = data[tr], data[va], data[te]
+            if label_key is not None:
+                y = _check_labels(self._load(Path(path), label_key, labels=True), len(data), f"{path}[{label_key}]")
+                self._set_labels(y[tr], y[va], y[te])
         else:
             test_data = self._tensor(self._load(Path(path), test_key), discrete)
             if test_data.shape[1:] != data.shape[1:] or test_data.dtype != data.dtype:
@@ -293,7 +351,12 @@ class NpzDataModule(TensorDataModule):
                                  f"the train array {tuple(data.shape[1:])}; they must match")
             val, _ = _split_sizes(len(test_data), val_fraction, 0.0)
             self.train_raw, self.test_raw = data, test_data
-            self.val_raw = test_data[_split(len(test_data), val, 0, split_seed)[1]]
+            va = _split(len(test_data), val, 0, split_seed)[1]
+            self.val_raw = test_data[va]
+            if label_key is not None:
+                y = _check_labels(self._load(Path(path), label_key, labels=True), len(data), f"{path}[{label_key}]")
+                y_test = _check_labels(self._load(Path(path), test_label_key, labels=True), len(test_data), f"{path}[{test_label_key}]")
+                self._set_labels(y, y_test[va], y_test)
         for split in (self.train_raw, self.test_raw):
             transform.check(split)  # the raw values' range, before training starts (without dequantizing them all)
         self.transform = transform
@@ -305,7 +368,7 @@ class NpzDataModule(TensorDataModule):
         return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32)
 
     @staticmethod
-    def _load(path: Path, key: str | None) -> np.ndarray:
+    def _load(path: Path, key: str | None, labels: bool = False) -> np.ndarray:
         if not path.is_file():
             raise FileNotFoundError(f"data file not found: {path}")
         loaded = np.load(path, allow_pickle=False)
@@ -318,7 +381,7 @@ class NpzDataModule(TensorDataModule):
             if key not in names:
                 raise KeyError(f"{path} holds arrays {names}; choose one with key=...")
             arr = loaded[key]
-        if arr.ndim < 2 or len(arr) < 3:
+        if not labels and (arr.ndim < 2 or len(arr) < 3):
             raise ValueError(f"{path}: expected an array (N, *D) with N >= 3, got shape {arr.shape}")
         return arr
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 import lightning as L
@@ -11,6 +12,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from ..guidance import classifier_free
 from ..losses import DSMLoss
 from ..parametrization import ScoreModel
 from ..sample import SampleResult, sample
@@ -42,6 +44,10 @@ class ScoreModule(L.LightningModule):
         data_shape: shape of one data point, linked from the DataModule by the CLI.
         transform: raw-data → model-space transform, linked from the DataModule (kept for bits/dim and decoding).
         compile: compile the network with ``torch.compile`` (in place, so checkpoints keep their keys).
+        label_dropout: for a conditional network fed ``(x, y)`` batches (a DataModule with ``labels: true``), the
+            probability that a training example's condition is replaced by the null condition (label ``-1``, or a NaN
+            vector), so one model learns both ``s(x, t, y)`` and ``s(x, t, ∅)`` for classifier-free guidance
+            (0.1–0.2 is usual; 0 trains a purely conditional model).
 
     Gradient clipping, mixed precision (``precision: bf16-mixed``) and distribution (``strategy: ddp``,
     ``devices``, ``num_nodes``) are the Trainer's job. The training noise (times ``t`` and ``z``) of each step comes from
@@ -68,6 +74,7 @@ class ScoreModule(L.LightningModule):
         data_shape: Sequence[int] | None = None,
         transform: DataTransform | None = None,
         compile: bool = False,
+        label_dropout: float = 0.1,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -76,6 +83,8 @@ class ScoreModule(L.LightningModule):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ValueError(f"ema_decay must lie in (0, 1) (or be null to disable EMA), got {ema_decay}")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
         get_solver(sampler, **(sampler_options or {}))  # an unknown name or option fails now, listing the valid ones
@@ -97,20 +106,48 @@ class ScoreModule(L.LightningModule):
     def net(self) -> nn.Module:
         return self.score_model.net
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """The score ``s_theta(x, t)``: ``(B, *D)``."""
-        return self.score_model(x, t)
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a class-conditional network, ``None`` for an unconditional one."""
+        return self.score_model.num_classes
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The score ``s_theta(x, t)`` (or ``s_theta(x, t, y)``): ``(B, *D)``."""
+        return self.score_model(x, t, y)
 
     # ---- training ----------------------------------------------------------------------------------------------
     def _check_batch(self, x: Tensor) -> None:
         if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"batch has data shape {tuple(x.shape[1:])} but the model was set up for {self.data_shape}")
 
-    def _shared_step(self, batch: Tensor, stage: str, seed: int | None = None) -> Tensor:
-        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+    def _split_batch(self, batch: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+        """``x0`` and the condition ``y`` (``None`` for unlabelled batches, or for an unconditional network)."""
+        if not isinstance(batch, (list, tuple)):
+            return batch, None
+        x0, y = batch[0], (batch[1] if len(batch) > 1 else None)
+        if y is not None and getattr(self.net, "cond", 0) is None:
+            raise ValueError(f"the data yield labels but the network {type(self.net).__name__} was built without "
+                             "num_classes (or cond_dim); set model.net.init_args.num_classes to the DataModule's num_classes")
+        return x0, y
+
+    def _drop_labels(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Replace each example's condition by the null one with probability ``label_dropout``."""
+        p = self.hparams.get("label_dropout", 0.0)
+        if not p:
+            return y
+        drop = torch.rand(y.shape[0], generator=generator, device=y.device) < p
+        null = torch.full_like(y, float("nan")) if y.is_floating_point() else torch.full_like(y, -1)
+        return torch.where(drop.view(-1, *([1] * (y.ndim - 1))), null, y)
+
+    def _shared_step(self, batch: Tensor | tuple[Tensor, ...], stage: str, seed: int | None = None) -> Tensor:
+        x0, y = self._split_batch(batch)
         self._check_batch(x0)
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
-        loss = self.loss(self.score_model, self.sde, x0, generator=generator)
+        score_fn = self.score_model
+        if y is not None:
+            y = self._drop_labels(y, generator) if stage == "train" else y
+            score_fn = partial(self.score_model, y=y)
+        loss = self.loss(score_fn, self.sde, x0, generator=generator)
         if stage != "train":
             self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
         elif self._trainer is None or self.global_step % self.trainer.log_every_n_steps == 0:
@@ -159,20 +196,36 @@ class ScoreModule(L.LightningModule):
         steps: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        labels: Tensor | None = None,
+        guidance_scale: float = 1.0,
+        score_transform: Any = None,
         **options: Any,
     ) -> SampleResult:
         """Draw ``n`` samples in model space with the current weights (the EMA weights after training).
 
         ``solver=None`` uses the model's ``sampler`` with its ``sampler_options``; ``options`` go to the solver or to
-        :func:`scoresde.sample` (``seeds``, ``grid``, ``denoise``, ``t_end``, ...).
+        :func:`scoresde.sample` (``seeds``, ``grid``, ``denoise``, ``t_end``, ...). A class-conditional model samples
+        the classes ``labels: (n,)`` with classifier-free guidance of scale ``guidance_scale`` (1: conditional;
+        ``-1`` labels or ``labels=None``: unconditional). ``score_transform(score_fn) -> score_fn`` is applied last
+        (e.g. classifier guidance or thresholding from :mod:`scoresde.guidance`).
         """
         if self.data_shape is None:
             raise ValueError("data_shape is unknown: pass data_shape=... (the CLI links it from the DataModule)")
+        score_fn: Any = self.score_model
+        if labels is not None:
+            if self.num_classes is None:
+                raise ValueError("labels were given but this model is unconditional (its network has no num_classes)")
+            labels = torch.as_tensor(labels, device=self.device)
+            if labels.shape != (n,):
+                raise ValueError(f"labels must hold one class per sample, shape ({n},), got {tuple(labels.shape)}")
+            score_fn = classifier_free(self.score_model, labels, guidance_scale)
+        if score_transform is not None:
+            score_fn = score_transform(score_fn)
         was_training = self.training
         self.eval()
         try:
             return sample(
-                self.score_model,
+                score_fn,
                 self.sde,
                 (n, *self.data_shape),
                 solver=solver or self.hparams.sampler,

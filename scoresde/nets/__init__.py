@@ -1,5 +1,7 @@
-"""Time-conditioned networks ``net(x, c_noise)``."""
+"""Time-conditioned networks ``net(x, c_noise)`` (``net(x, c_noise, y)`` when built conditional) and classifiers."""
 
+from .classifier import ConvClassifier as ConvClassifier
+from .embeddings import ConditionEmbedding as ConditionEmbedding
 from .embeddings import GaussianFourierEmbedding as GaussianFourierEmbedding
 from .embeddings import SinusoidalEmbedding as SinusoidalEmbedding
 from .mlp import MLP as MLP

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
+from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding, condition_embedding, embed_condition
 from .layers import (
     AttnBlock, Combine, Downsample, ResBlockBigGAN, ResBlockDDPM, Upsample, conv3x3, group_norm, linear, residual_sum,
 )
@@ -53,6 +53,9 @@ class NCSNpp(nn.Module):
         fourier_scale: standard deviation of the Fourier frequencies.
         init_scale: initial scale of the last layer of each residual branch (0: near zero).
         centered: the data are centred in ``[-1, 1]``; if ``False`` (data in ``[0, 1]``) the input is mapped to ``2x - 1``.
+        num_classes: make it class-conditional, ``net(x, c_noise, y)`` with labels ``y: (B,)`` (``-1``: no class); the
+            label embedding is added to the noise embedding, as in the class-conditional ADM U-Net.
+        cond_dim: make it conditional on vectors ``y: (B, cond_dim)`` (a NaN row: no condition).
     """
 
     def __init__(
@@ -76,6 +79,8 @@ class NCSNpp(nn.Module):
         fourier_scale: float = 16.0,
         init_scale: float = 0.0,
         centered: bool = False,
+        num_classes: int | None = None,
+        cond_dim: int | None = None,
     ) -> None:
         super().__init__()
         _check_options(locals())
@@ -92,6 +97,8 @@ class NCSNpp(nn.Module):
                       else SinusoidalEmbedding(nf))
         self.temb = nn.Sequential(linear(2 * nf if embedding == "fourier" else nf, temb_dim), nn.SiLU(),
                                   linear(temb_dim, temb_dim))
+        self.cond = condition_embedding(temb_dim, num_classes, cond_dim)
+        self.num_classes = num_classes
 
         def resblock(c_in: int, c_out: int | None = None, up: bool = False, down: bool = False) -> nn.Module:
             if resblock_type == "ddpm":
@@ -157,12 +164,12 @@ class NCSNpp(nn.Module):
         else:
             self.conv_out = nn.Sequential(group_norm(c), nn.SiLU(), conv3x3(c, in_channels, init_scale=init_scale))
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
-        """``x: (B, C, H, W)`` with ``H = W = image_size``, ``c_noise: (B,)`` → ``(B, C, H, W)``."""
+    def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
+        """``x: (B, C, H, W)`` with ``H = W = image_size``, ``c_noise: (B,)``, condition ``y`` → ``(B, C, H, W)``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"{type(self).__name__} expects images (B, {self.in_channels}, {self.image_size}, "
                              f"{self.image_size}), got shape {tuple(x.shape)}")
-        temb = self.temb(self.embed(c_noise))
+        temb = self.temb(self.embed(c_noise)) + embed_condition(self.cond, y, x.shape[0])
         if not self.centered:
             x = 2 * x - 1  # data in [0, 1] → [-1, 1]
         pyramid = x if self.progressive_input != "none" else None

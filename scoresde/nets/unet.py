@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .embeddings import make_embedding
+from .embeddings import condition_embedding, embed_condition, make_embedding
 
 __all__ = ["UNet"]
 
@@ -46,6 +46,8 @@ class UNet(nn.Module):
         emb_dim: noise-embedding width.
         embedding: ``"sinusoidal"`` (``999 t``, VP/sub-VP) or ``"fourier"`` (``log sigma``, VE).
         dropout: dropout inside residual blocks.
+        num_classes: make it class-conditional, ``net(x, c_noise, y)`` with labels ``y: (B,)`` (``-1``: no class).
+        cond_dim: make it conditional on vectors ``y: (B, cond_dim)`` (a NaN row: no condition).
     """
 
     def __init__(
@@ -57,12 +59,16 @@ class UNet(nn.Module):
         emb_dim: int = 128,
         embedding: str = "sinusoidal",
         dropout: float = 0.0,
+        num_classes: int | None = None,
+        cond_dim: int | None = None,
     ) -> None:
         super().__init__()
         if in_channels < 1 or base_channels < 1 or not channel_mult or num_res_blocks < 1:
             raise ValueError("UNet needs in_channels, base_channels, num_res_blocks >= 1 and a non-empty channel_mult")
         self.in_channels, self.levels = in_channels, len(channel_mult)
         self.embed = nn.Sequential(make_embedding(embedding, emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.cond = condition_embedding(emb_dim, num_classes, cond_dim)
+        self.num_classes = num_classes
         self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         chans = [base_channels * m for m in channel_mult]
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
@@ -86,14 +92,14 @@ class UNet(nn.Module):
         self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
         self._blocks_per_level = num_res_blocks
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
-        """``x: (B, C, H, W)``, ``c_noise: (B,)`` → ``(B, C, H, W)``."""
+    def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
+        """``x: (B, C, H, W)``, ``c_noise: (B,)``, condition ``y`` (see ``num_classes``) → ``(B, C, H, W)``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet expects images (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         f = 2 ** (self.levels - 1)
         if x.shape[-1] % f or x.shape[-2] % f:
             raise ValueError(f"UNet with {self.levels} levels needs H and W divisible by {f}, got {tuple(x.shape[-2:])}")
-        e = self.embed(c_noise)
+        e = self.embed(c_noise) + embed_condition(self.cond, y, x.shape[0])
         h = self.inp(x)
         hs = [h]
         blocks = iter(self.down)
