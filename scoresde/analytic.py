@@ -7,12 +7,17 @@ For data ``p_0 = Σ_k w_k N(mu_k, Sigma_k)`` and any SDE with ``x_t = alpha_t x_
 With ``Sigma_k = U_k diag(lam_k) U_kᵀ`` diagonalised once, ``C_k(t) = U_k diag(alpha_t² lam_k + sigma_t²) U_kᵀ``, so the
 score, the log-density and the posterior mean ``E[x_0 | x_t]`` (Tweedie) cost one rotation per component. This is the
 ground truth that tests, docs and benchmarks check solvers, losses and likelihoods against; use it to validate yours.
+
+The components are also classes: given the label ``y = k`` the data are ``N(mu_k, Sigma_k)``, so the conditional score
+``∇ log p_t(x | y)`` (pass ``y``; ``-1`` means no class), the exact classifier ``p(y | x_t) = r_y`` (the
+responsibilities, :meth:`GaussianMixture.log_posterior`) and, for inverse problems, the exact conditional given
+observed coordinates or any orthonormal linear observation (:meth:`GaussianMixture.condition`) are closed-form too.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -158,6 +163,18 @@ class GaussianMixture:
             raise ValueError("pass the times t: (B,) together with the sde")
         return sde.alpha(t).to(x.dtype), sde.sigma(t).to(x.dtype)
 
+    def _restrict(self, log_joint: Tensor, y: Tensor | None) -> Tensor:
+        """Keep only component ``y_b`` in row ``b`` where ``y_b >= 0`` (conditioning on the class); ``-1`` keeps all."""
+        if y is None:
+            return log_joint
+        y = torch.as_tensor(y, device=log_joint.device)
+        if y.shape != log_joint.shape[:1] or y.is_floating_point():
+            raise ValueError(f"class labels y must be integers shaped ({log_joint.shape[0]},), got {tuple(y.shape)}")
+        if bool(((y < -1) | (y >= self.n_components)).any()):
+            raise ValueError(f"class labels must lie in [0, {self.n_components}) or be -1 (no class)")
+        keep = (y[:, None] < 0) | (torch.arange(self.n_components, device=y.device)[None] == y[:, None])
+        return log_joint.masked_fill(~keep, float("-inf"))
+
     def _terms(self, x: Tensor, t: Tensor | None, sde: SDE | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Per-component quantities at ``x_t``: log r_k (log responsibility numerators), y, var, alpha, U."""
         xf = self._flat(x)
@@ -170,25 +187,38 @@ class GaussianMixture:
         return log_w + log_n, y, var, alpha, U
 
     # ---- public oracle ---------------------------------------------------------------------------------------
-    def log_prob(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
-        """Exact ``log p_t(x)`` in nats: ``(B,)`` (``log p_0`` when ``t`` and ``sde`` are omitted)."""
+    def log_prob(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None, y: Tensor | None = None) -> Tensor:
+        """Exact ``log p_t(x)`` in nats: ``(B,)`` (``log p_0`` when ``t`` and ``sde`` are omitted); with class labels
+        ``y: (B,)`` the class-conditional ``log p_t(x | y)`` (``-1``: unconditional)."""
         log_joint, *_ = self._terms(x, t, sde)
-        return torch.logsumexp(log_joint, dim=1)
+        out = torch.logsumexp(self._restrict(log_joint, y), dim=1)
+        if y is not None:
+            y = torch.as_tensor(y, device=out.device)
+            log_w = self._params(out)[0]
+            out = out - torch.where(y >= 0, log_w[y.clamp_min(0)], torch.zeros_like(out))
+        return out
 
-    def score(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
-        """Exact ``∇_x log p_t(x) = -Σ_k r_k C_k(t)⁻¹ (x - alpha_t mu_k)``: ``(B, *shape)``."""
-        log_joint, y, var, _, U = self._terms(x, t, sde)
-        r = torch.softmax(log_joint, dim=1)  # responsibilities p(k | x_t)
-        s = -torch.einsum("kdj,bkj->bd", U, r[..., None] * (y / var))
+    def score(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None, y: Tensor | None = None) -> Tensor:
+        """Exact ``∇_x log p_t(x) = -Σ_k r_k C_k(t)⁻¹ (x - alpha_t mu_k)``: ``(B, *shape)``; with class labels
+        ``y: (B,)`` the conditional score ``∇_x log p_t(x | y)`` (component ``y``'s own; ``-1``: unconditional)."""
+        log_joint, z, var, _, U = self._terms(x, t, sde)
+        r = torch.softmax(self._restrict(log_joint, y), dim=1)  # responsibilities p(k | x_t)
+        s = -torch.einsum("kdj,bkj->bd", U, r[..., None] * (z / var))
         return s.reshape(x.shape)
 
-    def denoise(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
-        """Exact posterior mean ``E[x_0 | x_t = x] = Σ_k r_k (mu_k + alpha_t Sigma_k C_k(t)⁻¹ (x - alpha_t mu_k))``."""
-        log_joint, y, var, alpha, U = self._terms(x, t, sde)
-        _, mu, lam, _ = self._params(y)
-        r = torch.softmax(log_joint, dim=1)
+    def log_posterior(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
+        """Exact class posterior ``log p_t(y = k | x_t = x)``: ``(B, K)`` (differentiable in ``x``)."""
+        log_joint, *_ = self._terms(x, t, sde)
+        return torch.log_softmax(log_joint, dim=1)
+
+    def denoise(self, x: Tensor, t: Tensor, sde: SDE, y: Tensor | None = None) -> Tensor:
+        """Exact posterior mean ``E[x_0 | x_t = x] = Σ_k r_k (mu_k + alpha_t Sigma_k C_k(t)⁻¹ (x - alpha_t mu_k))``
+        (given the class ``y`` if passed)."""
+        log_joint, y_rot, var, alpha, U = self._terms(x, t, sde)
+        _, mu, lam, _ = self._params(y_rot)
+        r = torch.softmax(self._restrict(log_joint, y), dim=1)
         shrink = alpha[:, None, None] * lam[None] / var
-        x0 = torch.einsum("bk,kd->bd", r, mu) + torch.einsum("kdj,bkj->bd", U, r[..., None] * (shrink * y))
+        x0 = torch.einsum("bk,kd->bd", r, mu) + torch.einsum("kdj,bkj->bd", U, r[..., None] * (shrink * y_rot))
         return x0.reshape(x.shape)
 
     def score_fn(self, sde: SDE) -> ScoreFn:
@@ -198,6 +228,75 @@ class GaussianMixture:
     def _score_at(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
         return self.score(x, t, sde)
 
+    def conditional_score_fn(self, sde: SDE) -> "Callable[[Tensor, Tensor, Tensor | None], Tensor]":
+        """The exact class-conditional score as ``score_fn(x, t, y)`` (``y = -1``: unconditional), the interface of a
+        conditional :class:`~scoresde.ScoreModel` (for ``scoresde.guidance``)."""
+        return partial(self._conditional_score_at, sde=sde)
+
+    def _conditional_score_at(self, x: Tensor, t: Tensor, y: Tensor | None = None, *, sde: SDE) -> Tensor:
+        return self.score(x, t, sde, y)
+
+    def classifier(self, sde: SDE) -> "Callable[[Tensor, Tensor], Tensor]":
+        """The exact noise-conditional classifier ``(x, t) -> log p_t(y | x_t)``: ``(B, K)`` logits."""
+        return partial(self._log_posterior_at, sde=sde)
+
+    def _log_posterior_at(self, x: Tensor, t: Tensor, *, sde: SDE) -> Tensor:
+        return self.log_posterior(x, t, sde)
+
+    def component(self, k: int) -> "GaussianMixture":
+        """Component ``k`` alone (the class-conditional data distribution ``p_0(x | y = k)``)."""
+        if not 0 <= k < self.n_components:
+            raise ValueError(f"component index must lie in [0, {self.n_components}), got {k}")
+        return GaussianMixture([1.0], self.means[k : k + 1], self.covs[k : k + 1], shape=self.shape)
+
+    def condition(self, observe: Tensor, values: Tensor) -> tuple["GaussianMixture", Tensor]:
+        """The exact conditional of ``p_0`` given a noiseless linear observation ``A x = v``.
+
+        Args:
+            observe: a boolean mask ``(*shape)`` of the observed entries, or a matrix ``A: (M, D)`` with orthonormal
+                rows (e.g. the grey value of a colour pixel, for colorization).
+            values: the observation ``v``: the observed entries ``(M,)`` in flattened order, or ``(*shape)`` from which
+                those entries are read.
+
+        Returns:
+            ``(mixture, B)``: ``B: (D - M, D)`` has orthonormal rows spanning the unobserved directions (for a mask,
+            the unobserved coordinates in order) and ``mixture`` is the exact law of ``B x`` given ``A x = v``: for
+            each component, ``mu' = mu + Sigma Aᵀ (A Sigma Aᵀ)⁻¹ (v - A mu)``, ``Sigma' = Sigma - Sigma Aᵀ (A Sigma
+            Aᵀ)⁻¹ A Sigma``, and weights ``∝ w_k N(v; A mu_k, A Sigma_k Aᵀ)``.
+        """
+        A, B = self._observation_basis(observe)
+        v = torch.as_tensor(values, dtype=torch.float64).flatten()
+        if v.numel() == self.dim and A.shape[0] != self.dim:
+            v = A @ v if observe.dtype != torch.bool else v[observe.flatten().bool()]
+        if v.shape != (A.shape[0],):
+            raise ValueError(f"values must hold the {A.shape[0]} observed entries (or a full point), got {v.numel()}")
+        S_oo = A @ self.covs @ A.T  # (K, M, M)
+        gain = self.covs @ A.T @ torch.linalg.inv(S_oo)  # Sigma Aᵀ (A Sigma Aᵀ)⁻¹: (K, D, M)
+        resid = v[None] - self.means @ A.T  # (K, M)
+        mu = self.means + torch.einsum("kdm,km->kd", gain, resid)
+        cov = self.covs - gain @ A @ self.covs
+        log_w = self.weights.log() + torch.distributions.MultivariateNormal(self.means @ A.T, S_oo).log_prob(v[None])
+        cov_b = B @ cov @ B.T
+        # components the observation rules out keep a negligible positive weight (the constructor needs w > 0)
+        return GaussianMixture(torch.softmax(log_w, 0).clamp_min(1e-300), mu @ B.T, 0.5 * (cov_b + cov_b.mT)), B
+
+    def _observation_basis(self, observe: Tensor) -> tuple[Tensor, Tensor]:
+        """Orthonormal rows ``A`` (observed) and ``B`` (unobserved) that together rotate ``R^D``."""
+        observe = torch.as_tensor(observe)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        if observe.dtype == torch.bool:
+            m = observe.flatten()
+            if m.numel() != self.dim or not 0 < int(m.sum()) < self.dim:
+                raise ValueError(f"the mask must have {self.dim} entries with some, but not all, observed")
+            return eye[m], eye[~m]
+        A = observe.to(torch.float64)
+        if A.ndim != 2 or A.shape[1] != self.dim or not 0 < A.shape[0] < self.dim:
+            raise ValueError(f"the observation matrix must be (M, {self.dim}) with 0 < M < {self.dim}, got {tuple(A.shape)}")
+        if not torch.allclose(A @ A.T, torch.eye(A.shape[0], dtype=torch.float64), atol=1e-8):
+            raise ValueError("the observation matrix must have orthonormal rows (A Aᵀ = I)")
+        Q, _ = torch.linalg.qr(torch.cat([A, eye]).T)  # the first M columns span A's rows
+        return A, Q[:, A.shape[0] : self.dim].T
+
     def sample(
         self,
         n: int,
@@ -206,13 +305,20 @@ class GaussianMixture:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         return_labels: bool = False,
+        labels: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """``n`` exact samples of ``p_0``: ``(n, *shape)`` (and the component labels ``(n,)`` if asked)."""
+        """``n`` exact samples of ``p_0``: ``(n, *shape)`` (and the component labels ``(n,)`` if asked); with
+        ``labels: (n,)`` sample ``i`` comes from component ``labels[i]`` (the class-conditional ``p_0(x | y)``)."""
         if n < 0:
             raise ValueError(f"n must be non-negative, got {n}")
         if generator is not None and device is None:
             device = generator.device
-        k = torch.multinomial(self.weights.to(device), n, replacement=True, generator=generator)
+        if labels is None:
+            k = torch.multinomial(self.weights.to(device), n, replacement=True, generator=generator)
+        else:
+            k = torch.as_tensor(labels, device=device).long()
+            if k.shape != (n,) or bool(((k < 0) | (k >= self.n_components)).any()):
+                raise ValueError(f"labels must be ({n},) component indices in [0, {self.n_components})")
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=device)
         lam, U, mu = self._lam.to(device), self._U.to(device), self.means.to(device)
         x = mu[k] + torch.einsum("bij,bj->bi", U[k], lam[k].sqrt() * z)

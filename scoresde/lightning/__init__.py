@@ -2,6 +2,7 @@
 
 from .callbacks import BitsPerDimReport as BitsPerDimReport
 from .callbacks import SampleReport as SampleReport
+from .classifier import ClassifierModule as ClassifierModule
 from .data import DigitsDataModule as DigitsDataModule
 from .data import ImageFolderDataModule as ImageFolderDataModule
 from .data import NpzDataModule as NpzDataModule
