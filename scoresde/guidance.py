@@ -139,14 +139,15 @@ def classifier_guidance(score_fn: ScoreFn, classifier: Classifier, y: Tensor, sc
 
 def classifier_gradient(classifier: Classifier, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
     """``∇_x log p_φ(y | x_t, t)``: ``(B, *D)``, each sample's gradient of its own log-probability."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        logits = classifier(xg, t)
+    # also inside torch.inference_mode (Lightning's predict loop): clones made outside it are ordinary tensors
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        logits = classifier(xg, t.clone())
         if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
             raise ValueError(f"classifier(x, t) must return logits (B, K), got shape {tuple(logits.shape)}")
         if bool((y >= logits.shape[1]).any()):
             raise ValueError(f"class labels must lie in [0, {logits.shape[1]}), got up to {int(y.max())}")
-        log_p = torch.log_softmax(logits.float(), dim=1).gather(1, y[:, None].long()).sum()
+        log_p = torch.log_softmax(logits.float(), dim=1).gather(1, y.clone()[:, None].long()).sum()
         (grad,) = torch.autograd.grad(log_p, xg)
     return grad.to(x.dtype)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from torch import Tensor
 from ._utils import atomic_path
 from .analytic import GaussianMixture
 
-__all__ = ["plot_2d", "image_grid", "save_figure", "plot_interpolation"]
+__all__ = ["plot_2d", "image_grid", "image_panels", "save_figure", "plot_interpolation"]
 
 
 def _pyplot():
@@ -95,10 +97,17 @@ def image_grid(
     title: str = "",
 ) -> Path:
     """Grid of generated images ``(N, C, H, W)`` in ``[0, 1]``, with real images in a panel beside them if given."""
-    plt = _pyplot()
     panels = [("real", real)] if real is not None else []
     panels.append(("samples", samples))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+    return image_panels(panels, path, ncol=ncol, title=title)
+
+
+def image_panels(panels: Sequence[tuple[str, Tensor]], path: str | os.PathLike, *, ncol: int = 8, title: str = "") -> Path:
+    """Named grids of images ``(N, C, H, W)`` in ``[0, 1]`` side by side (e.g. originals, masked, completed)."""
+    plt = _pyplot()
+    ncol = max(1, min(ncol, max(len(imgs) for _, imgs in panels)))
+    rows = max(math.ceil(len(imgs) / ncol) for _, imgs in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2 * rows / ncol + 0.9), squeeze=False)
     for ax, (name, imgs) in zip(axes[0], panels):
         arr = imgs.detach().cpu().float().clamp(0, 1).numpy()
         tiled = _tile(arr, ncol)

@@ -61,3 +61,9 @@ def toy_ckpt(tmp_path_factory):
 def digits_ckpt(tmp_path_factory):
     return _fit(tmp_path_factory.mktemp("fit_digits"), "--config", str(EXPERIMENTS / "digits_vp.yaml"),
                 "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--model.sample_steps", "3")
+
+
+@pytest.fixture(scope="module")
+def digits_cond_ckpt(tmp_path_factory):
+    return _fit(tmp_path_factory.mktemp("fit_digits_cond"), "--config", str(EXPERIMENTS / "digits_vp_cond.yaml"),
+                "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--model.sample_steps", "3")

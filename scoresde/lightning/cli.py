@@ -6,6 +6,8 @@
     scoresde sample --ckpt runs/toy_vp/checkpoints/last.ckpt --solver dpm_solver_pp --steps 20 --n 1000 --out samples/
     scoresde likelihood --ckpt runs/digits_vp/checkpoints/last.ckpt --split test --repeats 5 --out bpd/
     scoresde interpolate --ckpt runs/digits_vp/checkpoints/last.ckpt --pairs 4 --steps 9 --out interp/
+    scoresde inpaint --ckpt runs/digits_vp/checkpoints/last.ckpt --mask right --method repaint --out inpaint/
+    scoresde classifier fit --config experiments/digits_classifier.yaml   # noise-conditional classifier
 
 The DataModule's ``data_shape`` and ``transform`` are linked into the model. Logging goes to Weights & Biases in
 offline mode unless the config says otherwise (``wandb sync`` uploads later).
@@ -23,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .module import ScoreModule
 
-__all__ = ["ScoreCLI", "cli", "main"]
+__all__ = ["ScoreCLI", "ClassifierCLI", "cli", "classifier_cli", "main"]
 
 WANDB_OFFLINE = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -60,6 +62,13 @@ class ScoreCLI(LightningCLI):
         return self.trainer.predict(model, **_full_load(kwargs))
 
 
+class ClassifierCLI(ScoreCLI):
+    """LightningCLI over :class:`~scoresde.lightning.ClassifierModule` (``scoresde classifier fit ...``)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """A classifier needs nothing linked from the DataModule."""
+
+
 def _full_load(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "weights_only": False if kwargs.get("weights_only") is None else kwargs["weights_only"]}
 
@@ -79,9 +88,26 @@ def cli(args: Sequence[str] | None = None, run: bool = True) -> ScoreCLI:
     )
 
 
+def classifier_cli(args: Sequence[str] | None = None, run: bool = True) -> ClassifierCLI:
+    """``scoresde classifier fit|validate ...``: train the noise-conditional classifier of classifier guidance."""
+    from .classifier import ClassifierModule
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return ClassifierCLI(
+        ClassifierModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        args=list(args) if args is not None else None,
+        run=run,
+        trainer_defaults={"logger": WANDB_OFFLINE},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``scoresde`` console script: LightningCLI's subcommands plus ``sample``, ``likelihood`` and
-    ``interpolate``."""
+    """Entry point of the ``scoresde`` console script: LightningCLI's subcommands plus ``sample``, ``likelihood``,
+    ``interpolate``, ``inpaint`` and ``classifier``."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == ["sample"]:
         from .sampling import sample_command
@@ -95,6 +121,12 @@ def main(args: Sequence[str] | None = None) -> None:
         from .interpolation import interpolate_command
 
         interpolate_command(argv[1:])
+    elif argv[:1] == ["inpaint"]:
+        from .inpainting import inpaint_command
+
+        inpaint_command(argv[1:])
+    elif argv[:1] == ["classifier"]:
+        classifier_cli(argv[1:])
     else:
         cli(argv)
 

@@ -17,7 +17,7 @@ from .data import TensorDataModule
 from .module import ScoreModule
 
 __all__ = [
-    "load_model", "load_data", "split_of", "check_manifest", "record_run", "add_device_arguments", "predict_trainer",
+    "load_model", "load_classifier", "load_data", "split_of", "check_manifest", "record_run", "add_device_arguments", "predict_trainer",
 ]
 
 
@@ -35,6 +35,17 @@ def load_model(ckpt: str | Path, device: torch.device | str = "cpu") -> ScoreMod
     # compile=False: sampling and likelihood run uncompiled (compiling is a training-time option)
     model = ScoreModule.load_from_checkpoint(_check_ckpt(ckpt), map_location=device, weights_only=False, compile=False)
     return model.eval()
+
+
+def load_classifier(ckpt: str | Path, device: torch.device | str = "cpu") -> "L.LightningModule":
+    """The :class:`~scoresde.lightning.ClassifierModule` of a ``scoresde classifier fit`` checkpoint, in eval mode."""
+    from .classifier import ClassifierModule
+
+    path = _check_ckpt(ckpt)
+    hparams = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    if "label_dropout" in hparams or "prediction" in hparams:
+        raise ValueError(f"{path} is a score model checkpoint; --classifier takes one written by `scoresde classifier fit`")
+    return ClassifierModule.load_from_checkpoint(path, map_location=device, weights_only=False).eval()
 
 
 def _spec(data: str) -> dict[str, Any]:

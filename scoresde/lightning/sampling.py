@@ -4,6 +4,10 @@
     scoresde sample --ckpt last.ckpt --solver ddim --eta 0.5 --grid log_snr --n 50000 --batch-size 500 --out ddim/
     scoresde sample --ckpt last.ckpt --n 50000 --devices 8 --strategy ddp --out big/   # or --num_nodes 2 on a cluster
     scoresde sample --config experiments/sample.yaml          # the same keys in YAML; solver options under `options:`
+    scoresde sample --ckpt cond.ckpt --class 3 --guidance-scale 2.0 --out three/       # class-conditional model (CFG)
+    scoresde sample --ckpt cond.ckpt --class all --guidance-scale 3 --n 100 --out grid/  # classes 0, 1, ... in turn
+    scoresde sample --ckpt uncond.ckpt --classifier clf.ckpt --class 3 --classifier-scale 2 --out cg/
+    scoresde sample --ckpt last.ckpt --solver ddim --threshold dynamic --percentile 0.995 --out clipped/
 
 Samples are drawn in shards of ``--batch-size`` (``shard_00000.npz``, ...) through Lightning's predict loop, so
 ``--devices``/``--strategy``/``--num_nodes`` spread the shards over processes. Sample ``j`` uses the seed
@@ -13,6 +17,11 @@ interrupted run loses at most the shards in flight. The solve holds no collectiv
 different numbers of solver steps (adaptive ODE solvers) or of shards; rank 0 merges the shards after one barrier into
 ``samples.npz`` (``samples``: uint8 images in the dataset's original range for discrete data, float arrays otherwise)
 and draws ``samples.png``.
+
+Conditioning: ``--class`` takes one class, a comma list or ``all``; sample ``j`` gets the ``(j mod k)``-th of the ``k``
+classes listed (its label is saved in ``labels``). A class-conditional checkpoint is guided classifier-free with
+``--guidance-scale`` (1: conditional, 0: unconditional); ``--classifier`` (a ``scoresde classifier fit`` checkpoint)
+adds classifier guidance of scale ``--classifier-scale``; ``--threshold static|dynamic`` clips the data prediction.
 """
 
 from __future__ import annotations
@@ -35,12 +44,16 @@ from .. import plotting
 from .._utils import atomic_path, file_digest
 from ..noise import derive_seeds
 from ..solvers import SOLVERS, TIME_GRIDS, get_solver
-from .loading import add_device_arguments, check_manifest, load_model, predict_trainer, record_run
+from ..guidance import classifier_guidance, threshold
+from .loading import add_device_arguments, check_manifest, load_classifier, load_model, predict_trainer, record_run
 from .module import ScoreModule
 
 __all__ = ["build_parser", "sample_command", "run_sampling", "SamplingTask"]
 
-RUN_KEYS = ("ckpt", "solver", "steps", "grid", "options", "n", "batch_size", "seed", "denoise", "t_end")
+RUN_KEYS = (
+    "ckpt", "solver", "steps", "grid", "options", "n", "batch_size", "seed", "denoise", "t_end", "classes",
+    "guidance_scale", "classifier", "classifier_scale", "threshold", "percentile", "threshold_range",
+)
 
 
 def build_parser() -> ArgumentParser:
@@ -56,6 +69,16 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="run seed; sample j uses derive_seeds(seed, j)")
     p.add_argument("--denoise", type=bool, default=False, help="finish with Tweedie's denoising step")
     p.add_argument("--t_end", type=float | None, default=None, help="end time (default: the SDE's sampling_eps)")
+    p.add_argument("--classes", "--class", type=str | None, default=None,
+                   help="class to draw: one (3), a list (0,1,2) or all; sample j gets the (j mod k)-th")
+    p.add_argument("--guidance_scale", "--guidance-scale", type=float, default=1.0,
+                   help="classifier-free guidance scale w of a class-conditional model (1: conditional, 0: unconditional)")
+    p.add_argument("--classifier", type=str | None, default=None, help="checkpoint of `scoresde classifier fit`: classifier guidance")
+    p.add_argument("--classifier_scale", "--classifier-scale", type=float, default=1.0, help="classifier guidance scale")
+    p.add_argument("--threshold", type=str | None, default=None, help="static or dynamic thresholding of the data prediction")
+    p.add_argument("--percentile", type=float, default=0.995, help="dynamic thresholding percentile")
+    p.add_argument("--threshold_range", "--threshold-range", type=list[float] | None, default=None,
+                   help="model-space data range [low, high] to threshold into (default: the dataset's)")
     p.add_argument("--out", type=str, required=True, help="output directory")
     add_device_arguments(p)
     p.add_argument("--precision", type=str | None, default=None, help="e.g. bf16-mixed (default: 32-bit)")
@@ -101,23 +124,82 @@ def _to_output(model: ScoreModule, x: torch.Tensor) -> np.ndarray:
     return model.transform.inverse(x.cpu()).numpy()
 
 
-def _picture(model: ScoreModule, samples: np.ndarray, path: Path) -> None:
+def _picture(model: ScoreModule, samples: np.ndarray, path: Path, labels: np.ndarray | None = None, title: str = "") -> None:
     x = torch.as_tensor(samples[:4096])
+    title = title or f"{len(samples)} samples"
     if len(model.data_shape) == 1 and model.data_shape[0] == 2:
-        plotting.plot_2d(x.float(), path, title=f"{len(samples)} samples")
+        plotting.plot_2d(x.float(), path, title=title)
     elif len(model.data_shape) == 3:
-        levels = model.transform.levels
-        unit = x.float() / (levels - 1) if levels is not None else x.float().clamp(0, 1)
-        plotting.image_grid(unit[:64], path, title=f"{len(samples)} samples")
+        unit = to_unit(model, x)
+        k = len(np.unique(labels)) if labels is not None else 0
+        ncol = k if 2 <= k <= 16 else 8  # one column per class when several are drawn in turn
+        plotting.image_grid(unit[: ncol * 8], path, ncol=ncol, title=title)
+
+
+def to_unit(model: ScoreModule, x: Tensor) -> Tensor:
+    """Images in the dataset's original units → ``[0, 1]`` for pictures."""
+    levels = model.transform.levels
+    return x.float() / (levels - 1) if levels is not None else x.float().clamp(0, 1)
+
+
+def parse_classes(text: str | None, num_classes: int | None) -> list[int] | None:
+    """``--class``: ``"3"``, ``"0,1,2"`` or ``"all"`` → a list of classes, checked against the model's."""
+    if text is None:
+        return None
+    if num_classes is None:
+        raise ValueError("--class needs a class-conditional checkpoint (a network with num_classes) or --classifier")
+    if str(text).strip() == "all":
+        return list(range(num_classes))
+    try:
+        classes = [int(c) for c in str(text).split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"--class takes a class number, a comma list or 'all', got {text!r}") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if not classes or bad:
+        raise ValueError(f"--class {text!r}: classes must lie in [0, {num_classes})")
+    return classes
+
+
+def score_transform(model: ScoreModule, cfg: dict[str, Any], classifier: Any, labels: Tensor | None) -> Any:
+    """The ``score_transform`` of :meth:`ScoreModule.sample` for classifier guidance and thresholding (or ``None``)."""
+    if classifier is None and cfg["threshold"] is None:
+        return None
+    low, high = threshold_range(model, cfg)
+
+    def transform(score_fn: Any) -> Any:
+        if classifier is not None:
+            score_fn = classifier_guidance(score_fn, classifier, labels, cfg["classifier_scale"])
+        if cfg["threshold"] is not None:
+            score_fn = threshold(score_fn, model.sde, cfg["threshold"], percentile=cfg["percentile"], low=low, high=high)
+        return score_fn
+
+    return transform
+
+
+def threshold_range(model: ScoreModule, cfg: dict[str, Any]) -> tuple[float, float]:
+    """Model-space data range for thresholding: ``--threshold-range`` or that of the dataset's discrete transform."""
+    if cfg.get("threshold_range"):
+        low, high = cfg["threshold_range"]
+        return float(low), float(high)
+    t = model.transform
+    if t.levels is None:
+        if cfg.get("threshold") is None:
+            return -1.0, 1.0
+        raise ValueError("the data are continuous, so their range is unknown: pass --threshold-range '[low, high]'")
+    return t.shift, t.shift + t.scale
 
 
 class SamplingTask(L.LightningModule):
     """Wraps a trained :class:`ScoreModule` for ``Trainer.predict``: each batch is a list of shard numbers; each shard
     is drawn with its samples' own seeds and written atomically to ``out``."""
 
-    def __init__(self, model: ScoreModule, cfg: dict[str, Any], solver: str, options: dict[str, Any], out: Path) -> None:
+    def __init__(
+        self, model: ScoreModule, cfg: dict[str, Any], solver: str, options: dict[str, Any], out: Path,
+        classes: list[int] | None = None, classifier: L.LightningModule | None = None,
+    ) -> None:
         super().__init__()
         self.model, self.cfg, self.solver, self.options, self.out = model, cfg, solver, options, out
+        self.classes, self.classifier = classes, classifier
 
     def predict_step(self, shards: Tensor, batch_idx: int) -> None:
         n, bs = self.cfg["n"], self.cfg["batch_size"]
@@ -126,6 +208,10 @@ class SamplingTask(L.LightningModule):
             if path.exists():  # written by an earlier (interrupted) run
                 continue
             start, count = k * bs, min(bs, n - k * bs)
+            labels = None
+            if self.classes is not None:
+                labels = torch.tensor(self.classes, device=self.device)[torch.arange(start, start + count, device=self.device) % len(self.classes)]
+            conditional = labels is not None and self.model.num_classes is not None
             res = self.model.sample(
                 count,
                 solver=self.solver,
@@ -134,10 +220,24 @@ class SamplingTask(L.LightningModule):
                 grid=self.cfg["grid"],
                 denoise=self.cfg["denoise"],
                 t_end=self.cfg["t_end"],
+                labels=labels if conditional else None,
+                guidance_scale=self.cfg["guidance_scale"],
+                score_transform=score_transform(self.model, self.cfg, self.classifier, labels),
                 **self.options,
             )
+            extra = {} if labels is None else {"labels": labels.cpu().numpy()}
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, samples=_to_output(self.model, res.x), index=np.arange(start, start + count), nfe=res.nfe)
+                np.savez(fh, samples=_to_output(self.model, res.x), index=np.arange(start, start + count), nfe=res.nfe, **extra)
+
+
+def _classifier_classes(classifier: L.LightningModule, model: ScoreModule) -> int:
+    """The classifier's number of classes, read from one forward pass (and its input shape checked)."""
+    with torch.no_grad():
+        x = torch.zeros(1, *model.data_shape)
+        logits = classifier(x, torch.full((1,), 0.5))
+    if logits.ndim != 2:
+        raise ValueError(f"the classifier returns shape {tuple(logits.shape)}, not logits (B, K)")
+    return int(logits.shape[1])
 
 
 def _shard(out: Path, k: int) -> Path:
@@ -154,6 +254,18 @@ def run_sampling(cfg: dict[str, Any], out: Path) -> Path | None:
     solver = cfg["solver"] or model.hparams.sampler
     options = {**(model.hparams.get("sampler_options") or {} if cfg["solver"] is None else {}), **cfg["options"]}
     get_solver(solver, **options)  # fail on a bad name or option before any work
+    classifier = load_classifier(cfg["classifier"]) if cfg["classifier"] else None
+    num_classes = model.num_classes if classifier is None else _classifier_classes(classifier, model)
+    classes = parse_classes(cfg["classes"], num_classes)
+    if classifier is not None and classes is None:
+        raise ValueError("--classifier guides towards a class: give --class too")
+    if model.num_classes is None and cfg["guidance_scale"] != 1.0:
+        raise ValueError("--guidance-scale is classifier-free guidance of a class-conditional model; this one is "
+                         "unconditional (use --classifier with --classifier-scale)")
+    if cfg["threshold"] is not None:
+        if cfg["threshold"] not in ("static", "dynamic"):
+            raise ValueError(f"--threshold must be static or dynamic, got {cfg['threshold']!r}")
+        threshold_range(model, cfg)
 
     out.mkdir(parents=True, exist_ok=True)
     record = {**{k: cfg[k] for k in RUN_KEYS}, "solver": solver, "options": options, "ckpt": str(ckpt.resolve()),
@@ -168,7 +280,8 @@ def run_sampling(cfg: dict[str, Any], out: Path) -> Path | None:
         # all shards, not those still missing: ranks may start seconds apart (`ddp` relaunches the command), and the
         # split must not depend on what was on disk when each looked. Finished shards are skipped in the step.
         loader = DataLoader(torch.arange(shards), batch_size=1, shuffle=False)
-        trainer.predict(SamplingTask(model, cfg, solver, options, out), loader, return_predictions=False)
+        task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
+        trainer.predict(task, loader, return_predictions=False)
     trainer.strategy.barrier()  # the one collective: every rank has written its shards
     if not trainer.is_global_zero:
         return None
@@ -182,14 +295,15 @@ def _merge(model: ScoreModule, out: Path, shards: int) -> Path:
     parts = [np.load(_shard(out, k)) for k in range(shards)]
     samples = np.concatenate([p["samples"] for p in parts])
     index = np.concatenate([p["index"] for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts]) if "labels" in parts[0] else None
     assert np.array_equal(index, np.arange(len(samples))), "shards out of order"
     nfe = np.concatenate([np.full(len(p["index"]), int(p["nfe"])) for p in parts])  # adaptive solvers differ by shard
     for stale in out.glob(".shard_*"):  # temporary files of shards that were being written when a run was killed
         stale.unlink(missing_ok=True)
     final = out / "samples.npz"
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, samples=samples, nfe_per_sample=nfe)  # nfe_per_sample: (N,)
-    _picture(model, samples, out / "samples.png")
+        np.savez(fh, samples=samples, nfe_per_sample=nfe, **({} if labels is None else {"labels": labels}))  # (N,) each
+    _picture(model, samples, out / "samples.png", labels)
     print(f"wrote {len(samples)} samples ({samples.dtype}, shape {samples.shape[1:]}, {nfe.mean():.1f} NFE each on average) to {final}")
     return final
 

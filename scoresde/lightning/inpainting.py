@@ -1,0 +1,217 @@
+"""``scoresde inpaint``: fill in masked parts (or the colours) of dataset images with an unconditional checkpoint.
+
+    scoresde inpaint --ckpt runs/digits_vp/checkpoints/last.ckpt --mask right --n 16 --out inpaint/
+    scoresde inpaint --ckpt last.ckpt --mask right --method repaint --resample 10 --steps 250 --out repaint/
+    scoresde inpaint --ckpt last.ckpt --data experiments/cifar10/vp_ddpmpp_cont.yaml --mask mask.png --out holes/
+    scoresde inpaint --ckpt last.ckpt --task colorize --out colour/
+
+The images are the first ``--n`` of a split (``--split``, default test) of the checkpoint's DataModule (or ``--data``).
+``--mask`` names the *missing* half (``left``, ``right``, ``top``, ``bottom``) or the ``center`` square, or is a file
+(``.npy``, ``.npz``, ``.png``/``.jpg``) of shape ``(H, W)`` or ``(C, H, W)`` whose nonzero (white) entries are *known*.
+Work is split in shards written atomically through Lightning's predict loop, like ``scoresde sample``: a rerun
+resumes, and ``--devices`` spreads it. The output folder gets ``inpainted.npz`` (``originals``, ``samples`` in the
+dataset's units, ``mask``) and ``inpainted.png`` (originals, what was observed, the completions).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from .. import plotting
+from .._utils import atomic_path, file_digest
+from ..inverse import GrayObservation, MaskObservation, Observation, inpaint
+from ..noise import derive_seeds
+from ..solvers import SOLVERS, get_solver
+from .loading import add_device_arguments, check_manifest, load_data, load_model, predict_trainer, record_run, split_of
+from .module import ScoreModule
+from .sampling import _split_solver_options, to_unit
+
+__all__ = ["build_parser", "inpaint_command", "run_inpainting", "load_mask", "NAMED_MASKS"]
+
+NAMED_MASKS = ("left", "right", "top", "bottom", "center")
+RUN_KEYS = ("ckpt", "data", "split", "n", "task", "mask", "method", "resample", "solver", "steps", "options", "seed",
+            "batch_size")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="scoresde inpaint", description=__doc__.split("\n\n")[0], default_meta=False)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    p.add_argument("--ckpt", type=str, required=True, help="checkpoint written by `scoresde fit` (EMA weights)")
+    p.add_argument("--data", type=str | None, default=None, help="DataModule (experiment YAML, class name); default: the checkpoint's")
+    p.add_argument("--split", type=str, default="test", help="train, val or test")
+    p.add_argument("--n", type=int, default=16, help="the first N images of the split")
+    p.add_argument("--task", type=str, default="inpaint", help="inpaint (with --mask) or colorize (keeps the grey values)")
+    p.add_argument("--mask", type=str, default="right", help=f"missing part: {', '.join(NAMED_MASKS)}; or a file (nonzero = known)")
+    p.add_argument("--method", type=str, default="replacement", help="replacement or repaint")
+    p.add_argument("--resample", type=int | None, default=None, help="RePaint jumps per step (default 10)")
+    p.add_argument("--solver", type=str, default="euler_maruyama", help=f"one of: {', '.join(sorted(SOLVERS))}")
+    p.add_argument("--steps", type=int, default=500, help="solver steps")
+    p.add_argument("--options", type=dict[str, Any], default={}, help="solver options, or pass them as --name value")
+    p.add_argument("--seed", type=int, default=0, help="image j uses derive_seeds(seed, j)")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=64, help="images per batch and per shard")
+    p.add_argument("--out", type=str, required=True, help="output directory")
+    add_device_arguments(p)
+    return p
+
+
+def load_mask(spec: str, data_shape: Sequence[int]) -> Tensor:
+    """``--mask`` → a 0/1 float mask of shape ``data_shape`` ``(C, H, W)`` (1: known)."""
+    shape = tuple(int(s) for s in data_shape)
+    if len(shape) != 3:
+        raise ValueError(f"--mask applies to images (C, H, W); this model's data have shape {shape}")
+    C, H, W = shape
+    known = torch.ones(H, W)
+    if spec in NAMED_MASKS:
+        if spec == "left":
+            known[:, : W // 2] = 0
+        elif spec == "right":
+            known[:, W // 2 :] = 0
+        elif spec == "top":
+            known[: H // 2] = 0
+        elif spec == "bottom":
+            known[H // 2 :] = 0
+        else:
+            known[H // 4 : H - H // 4, W // 4 : W - W // 4] = 0
+        return known.expand(C, H, W).clone()
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--mask {spec!r} is neither a named mask ({', '.join(NAMED_MASKS)}) nor a file")
+    if path.suffix in (".npy", ".npz"):
+        loaded = np.load(path, allow_pickle=False)
+        arr = loaded if isinstance(loaded, np.ndarray) else loaded[list(loaded.keys())[0]]
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L"))
+    m = torch.from_numpy(np.asarray(arr) != 0).float()
+    if m.shape == (H, W):
+        m = m.expand(C, H, W).clone()
+    if m.shape != (C, H, W):
+        raise ValueError(f"--mask {spec}: shape {tuple(m.shape)}, expected ({H}, {W}) or ({C}, {H}, {W})")
+    if not 0 < int(m.sum()) < m.numel():
+        raise ValueError(f"--mask {spec}: the mask must mark some, but not all, entries as known (nonzero)")
+    return m
+
+
+def _observation(cfg: dict[str, Any], data_shape: Sequence[int]) -> tuple[Observation, Tensor]:
+    """The observation and a mask for pictures (1: shown as observed)."""
+    if cfg["task"] == "colorize":
+        if len(data_shape) != 3 or data_shape[0] < 2:
+            raise ValueError(f"--task colorize needs colour images (C >= 2, H, W); the data have shape {tuple(data_shape)}")
+        return GrayObservation(), torch.ones(*data_shape)
+    if cfg["task"] != "inpaint":
+        raise ValueError(f"--task must be inpaint or colorize, got {cfg['task']!r}")
+    mask = load_mask(cfg["mask"], data_shape)
+    return MaskObservation(mask), mask
+
+
+class InpaintingTask(L.LightningModule):
+    """Each predict batch is a list of shard numbers; each shard's completions are written atomically to ``out``."""
+
+    def __init__(self, model: ScoreModule, raw: Tensor, observation: Observation, cfg: dict[str, Any], out: Path) -> None:
+        super().__init__()
+        self.model, self.raw, self.observation, self.cfg, self.out = model, raw, observation, cfg, out
+
+    def predict_step(self, shards: Tensor, batch_idx: int) -> None:
+        bs = self.cfg["batch_size"]
+        for k in shards.tolist():
+            path = _shard(self.out, k)
+            if path.exists():
+                continue
+            start, count = k * bs, min(bs, len(self.raw) - k * bs)
+            raw = self.raw[start : start + count]
+            # the data in model space (bin centres; the observation does not need dequantization noise)
+            y = self.model.transform.forward(raw, u=torch.full(raw.shape, 0.5)).to(self.device)
+            res = inpaint(
+                self.model.score_model, self.model.sde, y, self.observation,
+                method=self.cfg["method"], resample=self.cfg["resample"], solver=self.cfg["solver"],
+                steps=self.cfg["steps"], solver_options=self.cfg["options"],
+                seeds=derive_seeds(self.cfg["seed"], start, count, device=self.device), device=self.device,
+            )
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, samples=self.model.transform.inverse(res.x.cpu()).numpy(), index=np.arange(start, start + count), nfe=res.nfe)
+
+
+def _shard(out: Path, k: int) -> Path:
+    return out / f"shard_{k:05d}.npz"
+
+
+def run_inpainting(cfg: dict[str, Any]) -> Path | None:
+    """Complete the first ``cfg["n"]`` images of a split under ``cfg["out"]`` (resuming); ``inpainted.npz`` on rank 0."""
+    if cfg["n"] < 1 or cfg["batch_size"] < 1:
+        raise ValueError(f"--n and --batch-size must be positive, got n={cfg['n']}, batch_size={cfg['batch_size']}")
+    if cfg["method"] not in ("replacement", "repaint"):
+        raise ValueError(f"--method must be replacement or repaint, got {cfg['method']!r}")
+    if cfg["method"] == "replacement" and cfg["resample"] not in (None, 1):
+        raise ValueError("--resample applies to --method repaint")
+    get_solver(cfg["solver"], **cfg["options"])  # a bad name or option fails before any work
+    ckpt = Path(cfg["ckpt"])
+    model = load_model(ckpt)
+    if model.data_shape is None:
+        raise ValueError(f"{ckpt} records no data shape; train it with `scoresde fit`")
+    observation, mask = _observation(cfg, model.data_shape)
+    raw = split_of(load_data(cfg["data"], ckpt), cfg["split"])[: cfg["n"]]
+    if tuple(raw.shape[1:]) != tuple(model.data_shape):
+        raise ValueError(f"the data have shape {tuple(raw.shape[1:])} but the model was trained on {tuple(model.data_shape)}")
+    out = Path(cfg["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**{k: cfg[k] for k in RUN_KEYS}, "n": len(raw), "ckpt": str(ckpt.resolve()), "ckpt_sha256": file_digest(ckpt)}
+    manifest = out / "inpaint_config.json"
+    check_manifest(manifest, record, "completions")
+    trainer = predict_trainer(cfg)
+    record_run(manifest, record, trainer.is_global_zero)
+    shards = math.ceil(len(raw) / cfg["batch_size"])
+    if any(not _shard(out, k).exists() for k in range(shards)):
+        loader = DataLoader(torch.arange(shards), batch_size=1, shuffle=False)
+        trainer.predict(InpaintingTask(model, raw, observation, cfg, out), loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return None
+    return _merge(model, raw, mask, cfg, out, shards)
+
+
+def _merge(model: ScoreModule, raw: Tensor, mask: Tensor, cfg: dict[str, Any], out: Path, shards: int) -> Path:
+    missing = [k for k in range(shards) if not _shard(out, k).exists()]
+    if missing:
+        raise RuntimeError(f"{out} lacks shards {missing[:10]} of {shards}; run the same command again to resume")
+    parts = [np.load(_shard(out, k)) for k in range(shards)]
+    samples = np.concatenate([p["samples"] for p in parts])
+    final = out / "inpainted.npz"
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, originals=raw.numpy(), samples=samples, mask=mask.numpy(), nfe=int(parts[0]["nfe"]))
+    for stale in out.glob(".shard_*"):
+        stale.unlink(missing_ok=True)
+    originals, completed = to_unit(model, raw[:64]), to_unit(model, torch.as_tensor(samples[:64]))
+    if cfg["task"] == "colorize":
+        observed = originals.mean(1, keepdim=True).expand_as(originals)
+    else:
+        observed = originals * mask + 0.5 * (1 - mask)  # unknown pixels in mid grey
+    name = cfg["task"] if cfg["task"] == "colorize" else f"{cfg['method']}, {cfg['mask']} masked"
+    plotting.image_panels([("originals", originals), ("observed", observed), ("completed", completed)],
+                          out / "inpainted.png", title=f"{len(samples)} images, {name}")
+    print(f"wrote {len(samples)} completions ({cfg['task']}, {cfg['method']}) to {final}")
+    return final
+
+
+def inpaint_command(argv: Sequence[str] | None = None) -> Path | None:
+    """``scoresde inpaint ...``; ``argv`` excludes the word ``inpaint``."""
+    parser = build_parser()
+    argv = list(sys.argv[2:] if argv is None else argv)
+    argv, extra = _split_solver_options(argv, parser)
+    cfg = parser.parse_args(argv).as_dict()
+    cfg.pop("config", None)
+    cfg["options"] = {**(cfg["options"] or {}), **extra}
+    return run_inpainting(cfg)
+
