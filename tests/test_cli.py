@@ -52,3 +52,16 @@ def test_bad_config_values_are_explained(override, message, tmp_path, monkeypatc
         cli(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", *override])
     shown = str(err.value) + capsys.readouterr().err
     assert message in shown, shown
+
+
+CLASSIFIERS = sorted((Path(__file__).parents[1] / "experiments" / "classifiers").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CLASSIFIERS, ids=[p.stem for p in CLASSIFIERS])
+def test_every_classifier_experiment_runs_fast_dev_run(config, tmp_path, monkeypatch):
+    from scoresde.lightning.cli import classifier_cli
+
+    monkeypatch.chdir(tmp_path)
+    c = classifier_cli(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"])
+    assert c.trainer.global_step == 1
+    assert c.trainer.callback_metrics["train/loss"] > 0

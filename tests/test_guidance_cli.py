@@ -55,7 +55,7 @@ def test_classifier_fit_and_classifier_guided_sampling(digits_ckpt, tmp_path):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        main(["classifier", "fit", "--config", str(EXPERIMENTS / "digits_classifier.yaml"), "--trainer.max_steps", "3",
+        main(["classifier", "fit", "--config", str(EXPERIMENTS / "classifiers" / "digits.yaml"), "--trainer.max_steps", "3",
               "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"])
     finally:
         os.chdir(cwd)

@@ -3,7 +3,7 @@
 Each step draws ``t ~ U(t_eps, T)`` and ``x_t = alpha_t x_0 + sigma_t z`` as the score model's training does and
 minimises the cross-entropy of the labels, so the classifier learns the posterior over classes at every noise level:
 
-    scoresde classifier fit --config experiments/digits_classifier.yaml
+    scoresde classifier fit --config experiments/classifiers/digits.yaml
     scoresde sample --ckpt score.ckpt --classifier runs/digits_classifier/checkpoints/last.ckpt --class 3 --classifier-scale 2
 """
 

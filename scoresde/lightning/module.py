@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from .._typing import ScoreFn
 from ..guidance import classifier_free
 from ..losses import DSMLoss
 from ..parametrization import ScoreModel
@@ -121,7 +122,8 @@ class ScoreModule(L.LightningModule):
             raise ValueError(f"batch has data shape {tuple(x.shape[1:])} but the model was set up for {self.data_shape}")
 
     def _split_batch(self, batch: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
-        """``x0`` and the condition ``y`` (``None`` for unlabelled batches, or for an unconditional network)."""
+        """``x0`` and the condition ``y`` (``None`` for unlabelled batches); labels for a network without a condition
+        embedding are refused with the setting to change."""
         if not isinstance(batch, (list, tuple)):
             return batch, None
         x0, y = batch[0], (batch[1] if len(batch) > 1 else None)
@@ -198,7 +200,7 @@ class ScoreModule(L.LightningModule):
         progress: bool = False,
         labels: Tensor | None = None,
         guidance_scale: float = 1.0,
-        score_transform: Any = None,
+        score_transform: Callable[[ScoreFn], ScoreFn] | None = None,
         **options: Any,
     ) -> SampleResult:
         """Draw ``n`` samples in model space with the current weights (the EMA weights after training).
