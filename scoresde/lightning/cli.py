@@ -73,11 +73,10 @@ def _full_load(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "weights_only": False if kwargs.get("weights_only") is None else kwargs["weights_only"]}
 
 
-def cli(args: Sequence[str] | None = None, run: bool = True) -> ScoreCLI:
-    """Build (and by default run) the CLI; ``args=None`` reads ``sys.argv``. Returns the ``ScoreCLI`` object."""
+def _build(cli_class: type[LightningCLI], model_class: type, args: Sequence[str] | None, run: bool) -> Any:
     os.environ.setdefault("WANDB_SILENT", "true")
-    return ScoreCLI(
-        ScoreModule,
+    return cli_class(
+        model_class,
         L.LightningDataModule,
         subclass_mode_data=True,
         args=list(args) if args is not None else None,
@@ -86,23 +85,18 @@ def cli(args: Sequence[str] | None = None, run: bool = True) -> ScoreCLI:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
+
+
+def cli(args: Sequence[str] | None = None, run: bool = True) -> ScoreCLI:
+    """Build (and by default run) the CLI; ``args=None`` reads ``sys.argv``. Returns the ``ScoreCLI`` object."""
+    return _build(ScoreCLI, ScoreModule, args, run)
 
 
 def classifier_cli(args: Sequence[str] | None = None, run: bool = True) -> ClassifierCLI:
     """``scoresde classifier fit|validate ...``: train the noise-conditional classifier of classifier guidance."""
     from .classifier import ClassifierModule
 
-    os.environ.setdefault("WANDB_SILENT", "true")
-    return ClassifierCLI(
-        ClassifierModule,
-        L.LightningDataModule,
-        subclass_mode_data=True,
-        args=list(args) if args is not None else None,
-        run=run,
-        trainer_defaults={"logger": WANDB_OFFLINE},
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    return _build(ClassifierCLI, ClassifierModule, args, run)
 
 
 def main(args: Sequence[str] | None = None) -> None:

@@ -16,7 +16,6 @@ dataset's units, ``mask``) and ``inpainted.png`` (originals, what was observed, 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from ..noise import derive_seeds
 from ..solvers import SOLVERS, get_solver
 from .loading import add_device_arguments, check_manifest, load_data, load_model, predict_trainer, record_run, split_of
 from .module import ScoreModule
-from .sampling import _split_solver_options, to_unit
+from .sampling import parse_with_solver_options, to_unit
 
 __all__ = ["build_parser", "inpaint_command", "run_inpainting", "load_mask", "NAMED_MASKS"]
 
@@ -207,11 +206,5 @@ def _merge(model: ScoreModule, raw: Tensor, mask: Tensor, cfg: dict[str, Any], o
 
 def inpaint_command(argv: Sequence[str] | None = None) -> Path | None:
     """``scoresde inpaint ...``; ``argv`` excludes the word ``inpaint``."""
-    parser = build_parser()
-    argv = list(sys.argv[2:] if argv is None else argv)
-    argv, extra = _split_solver_options(argv, parser)
-    cfg = parser.parse_args(argv).as_dict()
-    cfg.pop("config", None)
-    cfg["options"] = {**(cfg["options"] or {}), **extra}
-    return run_inpainting(cfg)
+    return run_inpainting(parse_with_solver_options(build_parser(), argv))
 

@@ -308,12 +308,18 @@ def _merge(model: ScoreModule, out: Path, shards: int) -> Path:
     return final
 
 
-def sample_command(argv: Sequence[str] | None = None) -> Path | None:
-    """``scoresde sample ...``; ``argv`` excludes the word ``sample``."""
-    parser = build_parser()
+def parse_with_solver_options(parser: ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
+    """A command's options from ``argv`` (default ``sys.argv[2:]``), with unknown ``--name value`` pairs gathered into
+    ``options`` as solver options."""
     argv = list(sys.argv[2:] if argv is None else argv)
     argv, extra = _split_solver_options(argv, parser)
     cfg = parser.parse_args(argv).as_dict()
     cfg.pop("config", None)
     cfg["options"] = {**(cfg["options"] or {}), **extra}
+    return cfg
+
+
+def sample_command(argv: Sequence[str] | None = None) -> Path | None:
+    """``scoresde sample ...``; ``argv`` excludes the word ``sample``."""
+    cfg = parse_with_solver_options(build_parser(), argv)
     return run_sampling(cfg, Path(cfg["out"]))
