@@ -15,6 +15,7 @@ The last state gets the observation itself in its observed part.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -129,8 +130,22 @@ class Replacement(Solver):
     def check(self, sde: SDE) -> None:
         self.solver.check(sde)
 
-    def step(self, *args: Any, **kwargs: Any) -> State:
-        raise NotImplementedError("Replacement runs its own loop; call solve()")
+    def step(
+        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
+    ) -> State:
+        """Replace the observed part, step from ``t`` to ``t_next``, and (RePaint) jump back and step again, ``r``
+        times in all. ``self.y`` is already on the samples' device and dtype (see :meth:`solve`)."""
+        for r in range(self.resample):
+            x_known = ct.alpha * self.y + ct.sigma * noise(self.y)  # the observation diffused to t
+            state = self._inner_step(
+                score_fn, sde, State(self.observation.replace(state.x, x_known), state.history), ct, cn, noise, i, n
+            )
+            if r < self.resample - 1:  # RePaint: jump back from t_next to t by the forward transition
+                a = ct.alpha / cn.alpha
+                # A jumped state lies on no earlier trajectory: a multistep solver's memory would extrapolate from
+                # another path (its differences, divided by small log-SNR gaps, blow up), so it restarts.
+                state = State(a * state.x + math.sqrt(max(ct.sigma**2 - (a * cn.sigma) ** 2, 0.0)) * noise(self.y))
+        return state
 
     def _inner_step(
         self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
@@ -149,26 +164,13 @@ class Replacement(Solver):
         noise: NoiseFn,
         callback: StepCallback | None = None,
     ) -> Tensor:
+        """:meth:`Solver.solve`'s loop over :meth:`step`, with ``y`` moved to the samples once; the last state gets
+        the observation itself in its observed part."""
         y = self.y.to(device=x.device, dtype=x.dtype)
         if y.shape != x.shape:
             raise ValueError(f"the observed data y have shape {tuple(y.shape)} but the samples {tuple(x.shape)}")
-        coefs = Coefficients.table(sde, timesteps)
-        state, n = State(x), len(coefs) - 1
-        for i in range(n):
-            ct, cn = coefs[i], coefs[i + 1]
-            for r in range(self.resample):
-                x_known = ct.alpha * y + ct.sigma * noise(y)  # the observation diffused to t
-                state = self._inner_step(
-                    score_fn, sde, State(self.observation.replace(state.x, x_known), state.history), ct, cn, noise, i, n
-                )
-                if r < self.resample - 1:  # RePaint: jump back from t_next to t by the forward transition
-                    a = ct.alpha / cn.alpha
-                    # A jumped state lies on no earlier trajectory: a multistep solver's memory would extrapolate from
-                    # another path (its differences, divided by small log-SNR gaps, blow up), so it restarts.
-                    state = State(a * state.x + math.sqrt(max(ct.sigma**2 - (a * cn.sigma) ** 2, 0.0)) * noise(y))
-            if callback is not None:
-                callback(i, cn.t, state)
-        return self.observation.replace(state.x, y)
+        on_device = dataclasses.replace(self, y=y)
+        return self.observation.replace(Solver.solve(on_device, score_fn, sde, x, timesteps, noise, callback), y)
 
 
 def inpaint(
