@@ -23,9 +23,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from torch import Tensor
-
-from torch import nn
+from torch import Tensor, nn
 
 from ._typing import ScoreFn
 from ._utils import append_dims

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .._utils import append_dims
 from ..guidance import NoisyClassifier
 from ..sde import SDE
+from .module import step_seed, with_warmup
 
 __all__ = ["ClassifierModule"]
 
@@ -52,6 +53,7 @@ class ClassifierModule(L.LightningModule):
         self.remove_ignored_hparams([k for k, v in self.hparams.items() if isinstance(v, nn.Module)])
         self.classifier = NoisyClassifier(net, sde, time_input)
         self.sde = sde
+        self._run_seed = 0
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Logits ``(B, K)`` of ``p_φ(y | x_t, t)``."""
@@ -73,9 +75,12 @@ class ClassifierModule(L.LightningModule):
         self.log(f"{stage}/acc", acc, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(y), sync_dist=not on_step)
         return loss
 
+    def on_fit_start(self) -> None:
+        self._run_seed = torch.initial_seed()  # the seed Lightning's seed_everything set (or a random one)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        key = (torch.initial_seed() * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx
-        return self._step(batch, "train", (key * 1_000_003 + self.global_rank) % 2**63)
+        seed = step_seed(self._run_seed, self.current_epoch, batch_idx, self.global_rank)
+        return self._step(batch, "train", seed)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "val", batch_idx)
@@ -83,6 +88,4 @@ class ClassifierModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         h = self.hparams
         opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        warmup = max(int(h.warmup_steps), 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return with_warmup(opt, h.warmup_steps)

@@ -12,7 +12,6 @@ import torch
 import yaml
 
 from .._utils import atomic_path
-
 from .data import TensorDataModule
 from .module import ScoreModule
 

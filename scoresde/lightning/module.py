@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from .._typing import ScoreFn
-from ..guidance import classifier_free
+from ..guidance import classifier_free, null_condition
 from ..losses import DSMLoss
 from ..parametrization import ScoreModel
 from ..sample import SampleResult, sample
@@ -22,6 +22,22 @@ from ..solvers import get_solver
 from ..transforms import DataTransform
 
 __all__ = ["ScoreModule"]
+
+
+def step_seed(run_seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    """Seed of one training step's noise, distinct per (run seed, epoch, batch, rank)."""
+    key = run_seed
+    for part in (epoch, batch_idx, rank):
+        key = (key * 1_000_003 + part + 1) % 2**63
+    return key
+
+
+def with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> dict[str, Any]:
+    """``configure_optimizers``' answer: ``optimizer`` with its learning rate ramped linearly over ``warmup_steps``
+    optimizer steps, then constant."""
+    warmup = max(int(warmup_steps), 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class ScoreModule(L.LightningModule):
@@ -138,8 +154,7 @@ class ScoreModule(L.LightningModule):
         if not p:
             return y
         drop = torch.rand(y.shape[0], generator=generator, device=y.device) < p
-        null = torch.full_like(y, float("nan")) if y.is_floating_point() else torch.full_like(y, -1)
-        return torch.where(drop.view(-1, *([1] * (y.ndim - 1))), null, y)
+        return torch.where(drop.view(-1, *([1] * (y.ndim - 1))), null_condition(y), y)
 
     def _shared_step(self, batch: Tensor | tuple[Tensor, ...], stage: str, seed: int | None = None) -> Tensor:
         x0, y = self._split_batch(batch)
@@ -161,11 +176,7 @@ class ScoreModule(L.LightningModule):
         return self._shared_step(batch, "train", seed=self._noise_seed(batch_idx))
 
     def _noise_seed(self, batch_idx: int) -> int:
-        """Seed of one training step's noise, distinct per (run seed, epoch, batch, rank)."""
-        key = self._run_seed
-        for part in (self.current_epoch, batch_idx, self.global_rank):
-            key = (key * 1_000_003 + part + 1) % 2**63
-        return key
+        return step_seed(self._run_seed, self.current_epoch, batch_idx, self.global_rank)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         # A fixed seed per batch makes validation (and test) losses comparable across epochs.
@@ -177,9 +188,7 @@ class ScoreModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         h = self.hparams
         opt = torch.optim.Adam(self.parameters(), lr=h.lr, betas=tuple(h.betas), eps=h.eps, weight_decay=h.weight_decay)
-        warmup = max(int(h.warmup_steps), 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return with_warmup(opt, h.warmup_steps)
 
     def configure_callbacks(self) -> list[L.Callback]:
         if self.hparams.ema_decay is None:
