@@ -15,17 +15,14 @@ dataset's units, ``mask``) and ``inpainted.png`` (originals, what was observed, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from .. import plotting
 from .._utils import atomic_path, file_digest
@@ -34,6 +31,7 @@ from ..noise import derive_seeds
 from ..solvers import SOLVERS, get_solver
 from .loading import add_device_arguments, check_manifest, load_data, load_model, predict_trainer, record_run, split_of
 from .module import ScoreModule
+from .shards import ShardTask, check_sizes, read_shards, run_shards
 from .sampling import parse_with_solver_options, to_unit
 
 __all__ = ["build_parser", "inpaint_command", "run_inpainting", "load_mask", "NAMED_MASKS"]
@@ -116,41 +114,29 @@ def _observation(cfg: dict[str, Any], data_shape: Sequence[int]) -> tuple[Observ
     return MaskObservation(mask), mask
 
 
-class InpaintingTask(L.LightningModule):
-    """Each predict batch is a list of shard numbers; each shard's completions are written atomically to ``out``."""
+class InpaintingTask(ShardTask):
+    """Completes ``raw[j]`` with the seed ``derive_seeds(seed, j)`` for ``Trainer.predict``, a shard at a time."""
 
     def __init__(self, model: ScoreModule, raw: Tensor, observation: Observation, cfg: dict[str, Any], out: Path) -> None:
-        super().__init__()
-        self.model, self.raw, self.observation, self.cfg, self.out = model, raw, observation, cfg, out
+        super().__init__(len(raw), cfg["batch_size"], out)
+        self.model, self.raw, self.observation, self.cfg = model, raw, observation, cfg
 
-    def predict_step(self, shards: Tensor, batch_idx: int) -> None:
-        bs = self.cfg["batch_size"]
-        for k in shards.tolist():
-            path = _shard(self.out, k)
-            if path.exists():
-                continue
-            start, count = k * bs, min(bs, len(self.raw) - k * bs)
-            raw = self.raw[start : start + count]
-            # the data in model space (bin centres; the observation does not need dequantization noise)
-            y = self.model.transform.forward(raw, u=torch.full(raw.shape, 0.5)).to(self.device)
-            res = inpaint(
-                self.model.score_model, self.model.sde, y, self.observation,
-                method=self.cfg["method"], resample=self.cfg["resample"], solver=self.cfg["solver"],
-                steps=self.cfg["steps"], solver_options=self.cfg["options"],
-                seeds=derive_seeds(self.cfg["seed"], start, count, device=self.device), device=self.device,
-            )
-            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, samples=self.model.transform.inverse(res.x.cpu()).numpy(), index=np.arange(start, start + count), nfe=res.nfe)
-
-
-def _shard(out: Path, k: int) -> Path:
-    return out / f"shard_{k:05d}.npz"
+    def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
+        raw = self.raw[start : start + count]
+        # the data in model space (bin centres; the observation does not need dequantization noise)
+        y = self.model.transform.forward(raw, u=torch.full(raw.shape, 0.5)).to(self.device)
+        res = inpaint(
+            self.model.score_model, self.model.sde, y, self.observation,
+            method=self.cfg["method"], resample=self.cfg["resample"], solver=self.cfg["solver"],
+            steps=self.cfg["steps"], solver_options=self.cfg["options"],
+            seeds=derive_seeds(self.cfg["seed"], start, count, device=self.device), device=self.device,
+        )
+        return {"samples": self.model.transform.inverse(res.x.cpu()).numpy(), "nfe": np.asarray(res.nfe)}
 
 
 def run_inpainting(cfg: dict[str, Any]) -> Path | None:
     """Complete the first ``cfg["n"]`` images of a split under ``cfg["out"]`` (resuming); ``inpainted.npz`` on rank 0."""
-    if cfg["n"] < 1 or cfg["batch_size"] < 1:
-        raise ValueError(f"--n and --batch-size must be positive, got n={cfg['n']}, batch_size={cfg['batch_size']}")
+    check_sizes(cfg["n"], cfg["batch_size"])
     if cfg["method"] not in ("replacement", "repaint"):
         raise ValueError(f"--method must be replacement or repaint, got {cfg['method']!r}")
     if cfg["method"] == "replacement" and cfg["resample"] not in (None, 1):
@@ -171,27 +157,18 @@ def run_inpainting(cfg: dict[str, Any]) -> Path | None:
     check_manifest(manifest, record, "completions")
     trainer = predict_trainer(cfg)
     record_run(manifest, record, trainer.is_global_zero)
-    shards = math.ceil(len(raw) / cfg["batch_size"])
-    if any(not _shard(out, k).exists() for k in range(shards)):
-        loader = DataLoader(torch.arange(shards), batch_size=1, shuffle=False)
-        trainer.predict(InpaintingTask(model, raw, observation, cfg, out), loader, return_predictions=False)
-    trainer.strategy.barrier()
-    if not trainer.is_global_zero:
+    task = InpaintingTask(model, raw, observation, cfg, out)
+    if not run_shards(trainer, task):
         return None
-    return _merge(model, raw, mask, cfg, out, shards)
+    return _merge(model, raw, mask, cfg, out, task.shards)
 
 
 def _merge(model: ScoreModule, raw: Tensor, mask: Tensor, cfg: dict[str, Any], out: Path, shards: int) -> Path:
-    missing = [k for k in range(shards) if not _shard(out, k).exists()]
-    if missing:
-        raise RuntimeError(f"{out} lacks shards {missing[:10]} of {shards}; run the same command again to resume")
-    parts = [np.load(_shard(out, k)) for k in range(shards)]
+    parts = read_shards(out, shards)
     samples = np.concatenate([p["samples"] for p in parts])
     final = out / "inpainted.npz"
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, originals=raw.numpy(), samples=samples, mask=mask.numpy(), nfe=int(parts[0]["nfe"]))
-    for stale in out.glob(".shard_*"):
-        stale.unlink(missing_ok=True)
     originals, completed = to_unit(model, raw[:64]), to_unit(model, torch.as_tensor(samples[:64]))
     if cfg["task"] == "colorize":
         observed = originals.mean(1, keepdim=True).expand_as(originals)

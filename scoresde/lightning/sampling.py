@@ -26,7 +26,6 @@ adds classifier guidance of scale ``--classifier-scale``; ``--threshold static|d
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +37,6 @@ import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from .. import plotting
 from .._utils import atomic_path, file_digest
@@ -47,6 +45,7 @@ from ..solvers import SOLVERS, TIME_GRIDS, get_solver
 from ..guidance import classifier_guidance, threshold
 from .loading import add_device_arguments, check_manifest, load_classifier, load_model, predict_trainer, record_run
 from .module import ScoreModule
+from .shards import ShardTask, check_sizes, read_shards, run_shards
 
 __all__ = ["build_parser", "sample_command", "run_sampling", "SamplingTask"]
 
@@ -189,45 +188,38 @@ def threshold_range(model: ScoreModule, cfg: dict[str, Any]) -> tuple[float, flo
     return t.shift, t.shift + t.scale
 
 
-class SamplingTask(L.LightningModule):
-    """Wraps a trained :class:`ScoreModule` for ``Trainer.predict``: each batch is a list of shard numbers; each shard
-    is drawn with its samples' own seeds and written atomically to ``out``."""
+class SamplingTask(ShardTask):
+    """Wraps a trained :class:`ScoreModule` for ``Trainer.predict``: each shard is drawn with its samples' own seeds
+    (``derive_seeds(seed, j)``) and, with ``classes``, sample ``j`` gets class ``classes[j mod k]``."""
 
     def __init__(
         self, model: ScoreModule, cfg: dict[str, Any], solver: str, options: dict[str, Any], out: Path,
         classes: list[int] | None = None, classifier: L.LightningModule | None = None,
     ) -> None:
-        super().__init__()
-        self.model, self.cfg, self.solver, self.options, self.out = model, cfg, solver, options, out
+        super().__init__(cfg["n"], cfg["batch_size"], out)
+        self.model, self.cfg, self.solver, self.options = model, cfg, solver, options
         self.classes, self.classifier = classes, classifier
 
-    def predict_step(self, shards: Tensor, batch_idx: int) -> None:
-        n, bs = self.cfg["n"], self.cfg["batch_size"]
-        for k in shards.tolist():
-            path = _shard(self.out, k)
-            if path.exists():  # written by an earlier (interrupted) run
-                continue
-            start, count = k * bs, min(bs, n - k * bs)
-            labels = None
-            if self.classes is not None:
-                labels = torch.tensor(self.classes, device=self.device)[torch.arange(start, start + count, device=self.device) % len(self.classes)]
-            conditional = labels is not None and self.model.num_classes is not None
-            res = self.model.sample(
-                count,
-                solver=self.solver,
-                steps=self.cfg["steps"],
-                seeds=derive_seeds(self.cfg["seed"], start, count, device=self.device),
-                grid=self.cfg["grid"],
-                denoise=self.cfg["denoise"],
-                t_end=self.cfg["t_end"],
-                labels=labels if conditional else None,
-                guidance_scale=self.cfg["guidance_scale"],
-                score_transform=score_transform(self.model, self.cfg, self.classifier, labels),
-                **self.options,
-            )
-            extra = {} if labels is None else {"labels": labels.cpu().numpy()}
-            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, samples=_to_output(self.model, res.x), index=np.arange(start, start + count), nfe=res.nfe, **extra)
+    def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
+        labels = None
+        if self.classes is not None:
+            labels = torch.tensor(self.classes, device=self.device)[torch.arange(start, start + count, device=self.device) % len(self.classes)]
+        conditional = labels is not None and self.model.num_classes is not None
+        res = self.model.sample(
+            count,
+            solver=self.solver,
+            steps=self.cfg["steps"],
+            seeds=derive_seeds(self.cfg["seed"], start, count, device=self.device),
+            grid=self.cfg["grid"],
+            denoise=self.cfg["denoise"],
+            t_end=self.cfg["t_end"],
+            labels=labels if conditional else None,
+            guidance_scale=self.cfg["guidance_scale"],
+            score_transform=score_transform(self.model, self.cfg, self.classifier, labels),
+            **self.options,
+        )
+        extra = {} if labels is None else {"labels": labels.cpu().numpy()}
+        return {"samples": _to_output(self.model, res.x), "nfe": np.asarray(res.nfe), **extra}
 
 
 def _classifier_classes(classifier: L.LightningModule, model: ScoreModule) -> int:
@@ -240,15 +232,10 @@ def _classifier_classes(classifier: L.LightningModule, model: ScoreModule) -> in
     return int(logits.shape[1])
 
 
-def _shard(out: Path, k: int) -> Path:
-    return out / f"shard_{k:05d}.npz"
-
-
 def run_sampling(cfg: dict[str, Any], out: Path) -> Path | None:
     """Draw ``cfg["n"]`` samples in shards under ``out`` (resuming), merge them into ``samples.npz``; returns its path
     on rank 0 (``None`` on the other ranks)."""
-    if cfg["n"] < 1 or cfg["batch_size"] < 1:
-        raise ValueError(f"--n and --batch-size must be positive, got n={cfg['n']}, batch_size={cfg['batch_size']}")
+    check_sizes(cfg["n"], cfg["batch_size"])
     ckpt = Path(cfg["ckpt"])
     model = load_model(ckpt)
     solver = cfg["solver"] or model.hparams.sampler
@@ -274,32 +261,17 @@ def run_sampling(cfg: dict[str, Any], out: Path) -> Path | None:
     check_manifest(manifest, record, "samples drawn")
     trainer = predict_trainer(cfg, precision=cfg["precision"])
     record_run(manifest, record, trainer.is_global_zero)
-    shards = math.ceil(cfg["n"] / cfg["batch_size"])
-    if any(not _shard(out, k).exists() for k in range(shards)):
-        # One shard per predict step; Lightning gives each rank its share of the list, without padding. The list is
-        # all shards, not those still missing: ranks may start seconds apart (`ddp` relaunches the command), and the
-        # split must not depend on what was on disk when each looked. Finished shards are skipped in the step.
-        loader = DataLoader(torch.arange(shards), batch_size=1, shuffle=False)
-        task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
-        trainer.predict(task, loader, return_predictions=False)
-    trainer.strategy.barrier()  # the one collective: every rank has written its shards
-    if not trainer.is_global_zero:
+    task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
+    if not run_shards(trainer, task):
         return None
-    return _merge(model, out, shards)
+    return _merge(model, out, task.shards)
 
 
 def _merge(model: ScoreModule, out: Path, shards: int) -> Path:
-    missing = [k for k in range(shards) if not _shard(out, k).exists()]
-    if missing:
-        raise RuntimeError(f"{out} lacks shards {missing[:10]} of {shards}; run the same command again to resume")
-    parts = [np.load(_shard(out, k)) for k in range(shards)]
+    parts = read_shards(out, shards)
     samples = np.concatenate([p["samples"] for p in parts])
-    index = np.concatenate([p["index"] for p in parts])
     labels = np.concatenate([p["labels"] for p in parts]) if "labels" in parts[0] else None
-    assert np.array_equal(index, np.arange(len(samples))), "shards out of order"
     nfe = np.concatenate([np.full(len(p["index"]), int(p["nfe"])) for p in parts])  # adaptive solvers differ by shard
-    for stale in out.glob(".shard_*"):  # temporary files of shards that were being written when a run was killed
-        stale.unlink(missing_ok=True)
     final = out / "samples.npz"
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, samples=samples, nfe_per_sample=nfe, **({} if labels is None else {"labels": labels}))  # (N,) each
