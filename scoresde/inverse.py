@@ -29,7 +29,7 @@ from .sde import SDE
 from .solvers import Solver, State, get_solver
 from .solvers.base import Coefficients, IntegratorSolver, StepCallback
 
-__all__ = ["Observation", "MaskObservation", "GrayObservation", "Replacement", "inpaint", "colorize"]
+__all__ = ["Observation", "MaskObservation", "GrayObservation", "Replacement", "steps_per_step", "inpaint", "colorize"]
 
 
 class Observation:
@@ -173,6 +173,16 @@ class Replacement(Solver):
         return self.observation.replace(Solver.solve(on_device, score_fn, sde, x, timesteps, noise, callback), y)
 
 
+def steps_per_step(method: str, resample: int | None = None) -> int:
+    """Solver steps per time step of an inpainting ``method``: 1 for ``"replacement"``, ``resample`` (default 10) for
+    ``"repaint"``; a bad pairing fails with what to pass instead."""
+    if method not in ("replacement", "repaint"):
+        raise ValueError(f"unknown inpainting method {method!r}; use 'replacement' or 'repaint'")
+    if method == "replacement" and resample not in (None, 1):
+        raise ValueError("replacement makes one step per time step; use method='repaint' for resample > 1")
+    return 1 if method == "replacement" else (10 if resample is None else resample)
+
+
 def inpaint(
     score_fn: ScoreFn,
     sde: SDE,
@@ -202,11 +212,7 @@ def inpaint(
         :class:`~scoresde.SampleResult` whose ``x`` agrees with ``y`` on the observed part. A RePaint step costs
         ``resample`` solver steps, and the counted ``nfe`` says so.
     """
-    if method not in ("replacement", "repaint"):
-        raise ValueError(f"unknown inpainting method {method!r}; use 'replacement' or 'repaint'")
-    if method == "replacement" and resample not in (None, 1):
-        raise ValueError("replacement makes one step per time step; use method='repaint' for resample > 1")
-    r = 1 if method == "replacement" else (10 if resample is None else resample)
+    r = steps_per_step(method, resample)
     obs = observation if isinstance(observation, Observation) else MaskObservation(observation)
     inner = get_solver(solver, **(solver_options or {}))
     wrapped = Replacement(inner, obs, y, resample=r)

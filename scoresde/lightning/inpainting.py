@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import plotting
 from .._utils import atomic_path, file_digest
-from ..inverse import GrayObservation, MaskObservation, Observation, inpaint
+from ..inverse import GrayObservation, MaskObservation, Observation, inpaint, steps_per_step
 from ..noise import derive_seeds
 from ..solvers import SOLVERS, get_solver
 from .loading import add_device_arguments, check_manifest, load_data, load_model, predict_trainer, record_run, split_of
@@ -137,10 +137,7 @@ class InpaintingTask(ShardTask):
 def run_inpainting(cfg: dict[str, Any]) -> Path | None:
     """Complete the first ``cfg["n"]`` images of a split under ``cfg["out"]`` (resuming); ``inpainted.npz`` on rank 0."""
     check_sizes(cfg["n"], cfg["batch_size"])
-    if cfg["method"] not in ("replacement", "repaint"):
-        raise ValueError(f"--method must be replacement or repaint, got {cfg['method']!r}")
-    if cfg["method"] == "replacement" and cfg["resample"] not in (None, 1):
-        raise ValueError("--resample applies to --method repaint")
+    steps_per_step(cfg["method"], cfg["resample"])  # a bad --method/--resample pairing fails before any work
     get_solver(cfg["solver"], **cfg["options"])  # a bad name or option fails before any work
     ckpt = Path(cfg["ckpt"])
     model = load_model(ckpt)
