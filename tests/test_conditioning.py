@@ -65,10 +65,16 @@ def test_score_model_passes_the_condition():
     assert ScoreModel(MLP([2]), VPSDE()).num_classes is None
 
 
-def test_noise_conditional_classifier_shapes():
-    net = ConvClassifier(10, in_channels=1, base_channels=8)
-    assert net(torch.randn(5, 1, 8, 8), torch.rand(5)).shape == (5, 10)
-    assert MLP([2], out_features=4)(torch.randn(5, 2), torch.rand(5)).shape == (5, 4)
+def test_noise_conditional_classifiers_read_the_image_and_the_noise_level():
+    torch.manual_seed(0)
+    x = torch.randn(5, 1, 8, 8)
+    for net, x in ((ConvClassifier(10, in_channels=1, base_channels=8), x), (MLP([2], out_features=4), x[:, 0, 0, :2])):
+        low, high = torch.full((5,), 1.0), torch.full((5,), 900.0)
+        logits = net(x, low)
+        assert logits.shape == (5, net.num_classes if isinstance(net, ConvClassifier) else 4)
+        assert (logits - net(x, high)).abs().max() > 1e-3  # the noise level is wired in
+        assert (logits[0] - logits[1]).abs().max() > 1e-3  # and the input
+        torch.testing.assert_close(net(x.flip(0), low).flip(0), logits)  # each sample's own, not the batch's
 
 
 # ---- labelled data ---------------------------------------------------------------------------------------------
