@@ -7,16 +7,16 @@ The core (SDEs, analytic targets, parameterization, losses, solvers, sampling, l
 from importlib.metadata import PackageNotFoundError, version
 
 from .analytic import GaussianMixture as GaussianMixture
-from .interpolate import decode as decode
-from .interpolate import encode as encode
-from .interpolate import interpolate as interpolate
+from .latent import decode as decode
+from .latent import encode as encode
+from .latent import interpolate as interpolate
 from .likelihood import LikelihoodResult as LikelihoodResult
 from .likelihood import bits_per_dim as bits_per_dim
 from .likelihood import log_likelihood as log_likelihood
 from .losses import DSMLoss as DSMLoss
 from .parametrization import ScoreModel as ScoreModel
-from .sample import SampleResult as SampleResult
-from .sample import sample as sample
+from .sampling import SampleResult as SampleResult
+from .sampling import sample as sample
 from .sde import SDE as SDE
 from .sde import VESDE as VESDE
 from .sde import VPSDE as VPSDE

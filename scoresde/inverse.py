@@ -18,16 +18,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._typing import NoiseFn, ScoreFn
-from .sample import SampleResult, sample
+from .sampling import SampleResult, sample
 from .sde import SDE
-from .solvers import Solver, State, get_solver
-from .solvers.base import Coefficients, IntegratorSolver, StepCallback
+from .solvers import Solver, SolverSpec, State, Step, get_solver
 
 __all__ = ["Observation", "MaskObservation", "GrayObservation", "Replacement", "steps_per_step", "inpaint", "colorize"]
 
@@ -106,20 +106,18 @@ class Replacement(Solver):
             raise ValueError(f"resample must be an integer >= 1, got {self.resample}")
 
     # what the wrapped solver is
-    @property
-    def order(self) -> float:  # type: ignore[override]
-        return self.solver.order
+    stochastic = True
 
     @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return True
+    def convergence_order(self) -> float:
+        return self.solver.convergence_order
 
     @property
-    def nfe_per_step(self) -> float:  # type: ignore[override]
-        return self.solver.nfe_per_step * self.resample
+    def evaluations_per_step(self) -> float:
+        return self.solver.evaluations_per_step * self.resample
 
     @property
-    def per_sample_noise(self) -> bool:  # type: ignore[override]
+    def per_sample_noise(self) -> bool:
         return self.solver.per_sample_noise
 
     @property
@@ -130,47 +128,29 @@ class Replacement(Solver):
     def check(self, sde: SDE) -> None:
         self.solver.check(sde)
 
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
         """Replace the observed part, step from ``t`` to ``t_next``, and (RePaint) jump back and step again, ``r``
-        times in all. ``self.y`` is already on the samples' device and dtype (see :meth:`solve`)."""
+        times in all. ``self.y`` is already on the samples' device and dtype (see :meth:`steps`)."""
+        ct, cn = ctx.now, ctx.next
         for r in range(self.resample):
-            x_known = ct.alpha * self.y + ct.sigma * noise(self.y)  # the observation diffused to t
-            state = self._inner_step(
-                score_fn, sde, State(self.observation.replace(state.x, x_known), state.history), ct, cn, noise, i, n
-            )
+            x_known = ct.alpha * self.y + ct.sigma * ctx.noise(self.y)  # the observation diffused to t
+            state = self.solver.step(score_fn, sde, State(self.observation.replace(state.x, x_known), state.history), ctx)
             if r < self.resample - 1:  # RePaint: jump back from t_next to t by the forward transition
                 a = ct.alpha / cn.alpha
                 # A jumped state lies on no earlier trajectory: a multistep solver's memory would extrapolate from
                 # another path (its differences, divided by small log-SNR gaps, blow up), so it restarts.
-                state = State(a * state.x + math.sqrt(max(ct.sigma**2 - (a * cn.sigma) ** 2, 0.0)) * noise(self.y))
+                state = State(a * state.x + math.sqrt(max(ct.sigma**2 - (a * cn.sigma) ** 2, 0.0)) * ctx.noise(self.y))
         return state
 
-    def _inner_step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
-        if isinstance(self.solver, IntegratorSolver):  # integrates an interval at a time
-            grid = torch.tensor([ct.t, cn.t], dtype=torch.float64, device=state.x.device)
-            return State(self.solver.solve(score_fn, sde, state.x, grid, noise))
-        return self.solver.step(score_fn, sde, state, ct, cn, noise, i, n)
-
-    def solve(
-        self,
-        score_fn: ScoreFn,
-        sde: SDE,
-        x: Tensor,
-        timesteps: Tensor,
-        noise: NoiseFn,
-        callback: StepCallback | None = None,
-    ) -> Tensor:
-        """:meth:`Solver.solve`'s loop over :meth:`step`, with ``y`` moved to the samples once; the last state gets
-        the observation itself in its observed part."""
+    def steps(self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn) -> Iterator[tuple[Step, State]]:
+        """:meth:`Solver.steps` over :meth:`step`, with ``y`` moved to the samples once; the last state gets the
+        observation itself in its observed part."""
         y = self.y.to(device=x.device, dtype=x.dtype)
         if y.shape != x.shape:
             raise ValueError(f"the observed data y have shape {tuple(y.shape)} but the samples {tuple(x.shape)}")
         on_device = dataclasses.replace(self, y=y)
-        return self.observation.replace(Solver.solve(on_device, score_fn, sde, x, timesteps, noise, callback), y)
+        for ctx, state in Solver.steps(on_device, score_fn, sde, x, timesteps, noise):
+            yield ctx, (dataclasses.replace(state, x=self.observation.replace(state.x, y)) if ctx.is_last else state)
 
 
 def steps_per_step(method: str, resample: int | None = None) -> int:
@@ -191,7 +171,7 @@ def inpaint(
     *,
     method: str = "replacement",
     resample: int | None = None,
-    solver: str | Solver = "euler_maruyama",
+    solver: SolverSpec = "euler_maruyama",
     steps: int = 1000,
     solver_options: dict[str, Any] | None = None,
     **sample_options: Any,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, GaussianMixture, SubVPSDE, bits_per_dim, decode, encode, log_likelihood
-from scoresde.interpolate import interpolate, lerp, slerp
+from scoresde.latent import interpolate, lerp, slerp
 from scoresde.likelihood import divergence, nats_to_bits_per_dim
 from scoresde.noise import PerSampleNoise, derive_seeds
 from scoresde.transforms import DataTransform

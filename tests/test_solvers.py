@@ -1,6 +1,7 @@
 """Every registered solver against exact answers, with the analytic mixture's score as the network: noise floors,
 convergence orders, strong order on a shared Brownian path, reproducibility, counted NFE and error messages."""
 
+import dataclasses
 import functools
 import warnings
 from dataclasses import dataclass
@@ -164,7 +165,7 @@ def test_deterministic_solvers_show_their_declared_order(config, sde_id):
     for n in steps:
         res = sample(f, sde, shape, solver=name, steps=n, grid=grid, x_init=x_T, dtype=torch.float64, **opts)
         errs.append(float((res.x - ref).flatten(1).norm(dim=1).mean()))
-    assert get_solver(name, **opts).order == order
+    assert get_solver(name, **opts).convergence_order == order
     assert abs(_slope(steps, errs) - order) < 0.3, (errs, _slope(steps, errs))
 
 
@@ -259,19 +260,19 @@ def test_incompatible_solver_is_named():
 
 
 def test_a_user_solver_is_one_class_and_one_entry(monkeypatch, ring):
-    monkeypatch.setattr(solvers, "SOLVERS", dict(solvers.SOLVERS))
+    monkeypatch.setattr(solvers.registry, "SOLVERS", dict(solvers.SOLVERS))
 
     @dataclass
     class ODEEuler(Solver):
         """Euler on the probability-flow ODE (deterministic)."""
 
-        order = 1.0
+        convergence_order = 1.0
         stochastic = False
-        nfe_per_step = 1
+        evaluations_per_step = 1
 
-        def step(self, score_fn, sde, state, ct, cn, noise, i, n):
-            drift = sde.probability_flow(score_fn).drift(state.x, torch.full((state.x.shape[0],), ct.t))
-            return State(state.x + drift * (cn.t - ct.t))
+        def step(self, score_fn, sde, state, ctx):
+            drift = sde.probability_flow(score_fn).drift(state.x, torch.full((state.x.shape[0],), ctx.now.t))
+            return State(state.x + drift * (ctx.next.t - ctx.now.t))
 
     register_solver("ode_euler", ODEEuler)
     with pytest.raises(ValueError, match="already registered"):
@@ -459,3 +460,85 @@ def test_langevin_warns_in_low_dimension(ring):
     sde = VPSDE()
     with pytest.warns(UserWarning, match="heavy-tailed in 2 dimensions.*annealed_langevin"):
         sample(ring.score_fn(sde), sde, (8, 2), solver="pc", steps=3)
+
+
+def _docs_example(title: str) -> str:
+    """The first python block after the heading ``title`` of docs/solvers.md."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "solvers.md").read_text()
+    section = text[text.index(title):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_writing_a_solver_example_runs_as_documented(monkeypatch, ring):
+    """The example of docs/solvers.md registers a solver that equals ddim and hands x̂_0 to callbacks."""
+    monkeypatch.setattr(solvers.registry, "SOLVERS", dict(solvers.SOLVERS))
+    code = _docs_example("## Writing a solver")
+    assert len(code.strip().splitlines()) <= 22
+    namespace: dict = {}
+    exec(compile(code, "docs/solvers.md", "exec"), namespace)
+    sde = VPSDE()
+    f = ring.score_fn(sde)
+    seen = []
+    kw = dict(steps=12, seeds=derive_seeds(0, 0, 64), dtype=torch.float64)
+    mine = sample(f, sde, (64, 2), solver="my_ddim", callback=lambda i, t, s: seen.append(s.denoised), **kw).x
+    ref = sample(f, sde, (64, 2), solver="ddim", **kw).x
+    assert torch.allclose(mine, ref, rtol=0, atol=1e-12)
+    assert len(seen) == 12 and all(d is not None and d.shape == (64, 2) for d in seen)
+    # x̂_0 at the last step is close to the sample itself (the noise level there is sigma(1e-3) ~ 0.01)
+    assert float((seen[-1] - mine).abs().max()) < 0.05
+
+
+def test_sample_steps_yields_the_states_that_sample_reaches(ring):
+    from scoresde.sampling import sample_steps
+
+    sde = VPSDE()
+    f = ring.score_fn(sde)
+    kw = dict(solver="dpm_solver_pp", steps=10, seeds=derive_seeds(1, 0, 32), dtype=torch.float64)
+    got = list(sample_steps(f, sde, (32, 2), **kw))
+    assert [s.index for s in got] == list(range(10)) and all(s.count == 10 for s in got)
+    assert [s.nfe for s in got] == list(range(1, 11))
+    assert got[-1].t == pytest.approx(sde.sampling_eps)
+    assert torch.equal(got[-1].x, sample(f, sde, (32, 2), **kw).x)
+    # the denoised estimate of each step is the exact E[x_0 | x_t] (the score is exact), one step behind the state
+    t0 = torch.full((32,), 1.0, dtype=torch.float64)
+    x_T = sample(f, sde, (32, 2), solver="dpm_solver_pp", steps=10, seeds=derive_seeds(1, 0, 32), dtype=torch.float64,
+                 callback=None, return_trajectory=True).trajectory[0]
+    assert torch.allclose(got[0].denoised, ring.denoise(x_T, t0, sde), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "dpm_solver",
+                                  "dpm_solver_pp", "heun", "pc"])
+def test_every_stepping_solver_hands_its_denoised_estimate_to_callbacks(name, ring):
+    """Where the state is at time t, x̂_0 of the next step is the exact denoiser there (the score is exact)."""
+    sde = VPSDE()
+    f = ring.score_fn(sde)
+    opts = {"corrector": "annealed_langevin"} if name == "pc" else {}
+    got = []
+    sample(f, sde, (16, 2), solver=name, steps=5, seeds=derive_seeds(2, 0, 16), dtype=torch.float64,
+           callback=lambda i, t, s: got.append(s.denoised), **opts)
+    assert len(got) == 5 and all(d is not None and torch.isfinite(d).all() for d in got)
+
+
+def test_solver_metadata_are_read_only_and_options_do_not_shadow_them():
+    s = get_solver("dpm_solver", order=2)
+    assert (s.order, s.convergence_order, s.evaluations_per_step) == (2, 2.0, 2.0)
+    with pytest.raises(AttributeError):
+        s.evaluations_per_step = 5  # a property: cannot be set on an instance
+    assert get_solver("ddim").stochastic is False and get_solver("ddim", eta=0.5).stochastic is True
+    for name, cls in solvers.SOLVERS.items():
+        metadata = {"convergence_order", "stochastic", "evaluations_per_step", "strong_order", "per_sample_noise",
+                    "requires", "name"}
+        assert not metadata & {f.name for f in dataclasses.fields(cls)}, name
+
+
+def test_predictor_corrector_is_composition_of_instances():
+    pc = solvers.PredictorCorrector(solvers.DDIM(eta=1.0), solvers.AnnealedLangevin(snr=0.1, n_steps=2))
+    assert pc.name == "pc(DDIM+AnnealedLangevin)" and pc.evaluations_per_step == 3
+    by_name = get_solver("pc", predictor="ddim", predictor_options={"eta": 1.0}, corrector="annealed_langevin",
+                         corrector_options={"snr": 0.1, "n_steps": 2})
+    assert by_name == pc
+    assert isinstance(get_solver("pc", predictor="none").predictor, solvers.NoPredictor)
+    with pytest.raises(TypeError, match="get_solver"):
+        solvers.PredictorCorrector("ddim")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import plotting
 from .._utils import atomic_path
-from ..interpolate import decode, encode, interpolate
+from ..latent import decode, encode, interpolate
 from ..likelihood import log_likelihood, resolve_trace
 from ..noise import PerSampleNoise, index_seeds
 from .likelihood import dequantized, mean_stderr

@@ -16,7 +16,7 @@ from .._typing import ScoreFn
 from ..guidance import classifier_free, null_condition
 from ..losses import DSMLoss
 from ..parametrization import ScoreModel
-from ..sample import SampleResult, sample
+from ..sampling import SampleResult, sample
 from ..sde import SDE
 from ..solvers import get_solver
 from ..transforms import DataTransform

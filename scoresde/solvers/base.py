@@ -1,14 +1,22 @@
-"""The solver interface: a solver is a small class that implements one step; the base class owns the loop.
+"""The solver contract: a solver is a small class that implements one step; the base class owns the loop.
 
-Class attributes declare what a solver is (``order``, ``stochastic``, ``nfe_per_step``) and what it needs from the SDE
-(``requires``: names of SDE methods). Options are dataclass fields, so a misspelt option fails when the solver is built.
+A solver is a dataclass whose fields are its options (a misspelt option fails when it is built). What it *is* is
+read-only metadata, declared as class constants (or, where it follows from the options, as properties):
+
+- ``convergence_order``: order in the step size (weak order for stochastic solvers), ``strong_order`` (pathwise);
+- ``stochastic``: whether it draws noise; ``per_sample_noise``: whether all of it comes through the ``noise`` hook;
+- ``evaluations_per_step``: score evaluations per step;
+- ``requires``: SDE methods the step calls beyond the basic ones (checked by :meth:`Solver.check`).
+
+``step(score_fn, sde, state, ctx) -> State`` moves the state from ``ctx.now.t`` to ``ctx.next.t``; :meth:`Solver.steps`
+yields the states one by one and :meth:`Solver.solve` runs them to the end.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,28 +26,30 @@ from torch import Tensor
 from .._typing import NoiseFn, ScoreFn
 from ..sde import SDE
 
-__all__ = ["Solver", "State", "SolverSDEIncompatible", "StepCallback", "IntegratorSolver", "Coefficients", "diffusion_at", "tvec", "eps_and_x0"]
+__all__ = [
+    "Solver", "State", "Step", "SolverSDEIncompatible", "StepCallback", "IntegratorSolver", "Coefficients",
+    "diffusion_at", "tvec", "eps_and_x0",
+]
 
 
 class SolverSDEIncompatible(ValueError):
     """A solver was paired with an SDE that lacks what the solver needs."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class State:
     """What a solver carries from one step to the next.
 
     Attributes:
         x: the current sample ``(B, *D)``.
         history: solver-specific memory (e.g. earlier model outputs of a multistep method), explicit and immutable.
+        denoised: the data prediction ``x̂_0 = E[x_0 | x_t]`` the last step formed at its start time ``(B, *D)``,
+            where the solver forms one (``None`` otherwise); callbacks and :meth:`Solver.steps` users read it.
     """
 
     x: Tensor
     history: tuple[Any, ...] = field(default_factory=tuple)
-
-
-StepCallback = Callable[[int, float, State], None]
-"""``callback(i, t_next, state)`` after step ``i`` (0-based) has moved the state to time ``t_next``."""
+    denoised: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -54,19 +64,53 @@ class Coefficients:
     g: float
 
     @classmethod
-    def table(cls, sde: SDE, ts: Tensor) -> list["Coefficients"]:
+    def table(cls, sde: SDE, ts: Tensor) -> list[Coefficients]:
         """Coefficients at every time of ``ts: (N,)``, computed in one vectorised float64 call per quantity."""
         tt = ts.to(dtype=torch.float64, device="cpu")
         cols = [tt, sde.alpha(tt), sde.sigma(tt), sde.log_snr(tt), sde.diffusion(tt)]
         return [cls(*row) for row in zip(*(c.tolist() for c in cols))]
 
     @classmethod
-    def at(cls, sde: SDE, t: float) -> "Coefficients":
+    def at(cls, sde: SDE, t: float) -> Coefficients:
         return cls.table(sde, torch.tensor([t], dtype=torch.float64))[0]
 
     @classmethod
-    def at_log_snr(cls, sde: SDE, lam: float) -> "Coefficients":
+    def at_log_snr(cls, sde: SDE, lam: float) -> Coefficients:
         return cls.at(sde, float(sde.t_from_log_snr(torch.tensor([lam], dtype=torch.float64))[0]))
+
+
+@dataclass(frozen=True)
+class Step:
+    """Everything one step knows besides the state: the schedule at both ends, where it is in the run, the noise.
+
+    Attributes:
+        now: coefficients at the start time ``t`` (the step goes from ``now.t`` down to ``next.t < now.t``).
+        next: coefficients at the end time.
+        index: this is step ``index`` (0-based) of ``count``.
+        count: the number of steps of the run.
+        noise: draws standard normal noise shaped like its argument (one stream per sample).
+    """
+
+    now: Coefficients
+    next: Coefficients
+    index: int
+    count: int
+    noise: NoiseFn
+
+    @property
+    def is_last(self) -> bool:
+        """Whether this is the final step (samplers return a noise-free mean there)."""
+        return self.index == self.count - 1
+
+    @property
+    def remaining(self) -> int:
+        """Steps left including this one (``count - index``)."""
+        return self.count - self.index
+
+
+StepCallback = Callable[[int, float, State], None]
+"""``callback(i, t_next, state)`` after step ``i`` (0-based) has moved the state to time ``t_next``;
+``state.denoised`` holds the step's ``x̂_0`` where the solver forms one."""
 
 
 def diffusion_at(sde: SDE, t: float) -> float:
@@ -85,25 +129,54 @@ def eps_and_x0(score_fn: ScoreFn, x: Tensor, c: Coefficients) -> tuple[Tensor, T
     return eps, (x - c.sigma * eps) / c.alpha
 
 
+def grid_steps(sde: SDE, timesteps: Tensor, noise: NoiseFn) -> Iterator[Step]:
+    """The :class:`Step` contexts of a decreasing float64 grid ``timesteps: (N + 1,)``."""
+    coefs = Coefficients.table(sde, timesteps)
+    n = len(coefs) - 1
+    for i in range(n):
+        yield Step(coefs[i], coefs[i + 1], i, n, noise)
+
+
 @dataclass
 class Solver(abc.ABC):
     """Base class of every sampler. Subclasses are dataclasses whose fields are their options.
 
-    Implement :meth:`step`; set ``order``, ``stochastic`` and ``nfe_per_step``; list in ``requires`` the SDE methods
-    the step calls beyond the basic ones, so an incompatible pairing fails up front with :class:`SolverSDEIncompatible`.
-    Solvers that integrate on their own (adaptive ODE solvers, torchsde) override :meth:`solve` instead.
+    The contract, all of it:
+
+    - implement ``step(score_fn, sde, state, ctx) -> State``: advance ``state.x`` from ``ctx.now.t`` to
+      ``ctx.next.t < ctx.now.t``, calling ``score_fn(x, t)`` with ``t: (B,)`` float64 (see :func:`tvec`) and drawing
+      noise only as ``ctx.noise(like)``; keep multistep memory in ``State.history`` (never in attributes) and put the
+      step's data prediction in ``State.denoised`` where you form one;
+    - declare the metadata as class constants: ``convergence_order``, ``stochastic``, ``evaluations_per_step`` (and,
+      when they differ from the defaults, ``strong_order``, ``per_sample_noise``, ``requires``); metadata that follow
+      from an option are read-only properties; no option may reuse a metadata name;
+    - solvers that integrate on their own (adaptive ODE solvers, torchsde) subclass :class:`IntegratorSolver`.
     """
 
-    order: ClassVar[float]
-    """Convergence order in the step size (weak order for stochastic solvers)."""
     strong_order: ClassVar[float | None] = None
     """Strong (pathwise) order, for SDE solvers."""
-    stochastic: ClassVar[bool]
-    nfe_per_step: ClassVar[float]
     requires: ClassVar[tuple[str, ...]] = ()
-    per_sample_noise: ClassVar[bool] = True
-    """Whether all randomness comes through the ``noise`` hook (one stream per sample, so samples do not depend on
-    the batch they were drawn in)."""
+    """SDE methods the step needs beyond the basic ones."""
+    @property
+    def per_sample_noise(self) -> bool:
+        """Whether all randomness comes through the ``noise`` hook (one stream per sample, so samples do not depend
+        on the batch they were drawn in)."""
+        return True
+
+    @property
+    def convergence_order(self) -> float:
+        """Convergence order in the step size (weak order for stochastic solvers; NaN where there is none)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no convergence_order")
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the solver draws noise."""
+        raise NotImplementedError(f"{type(self).__name__} declares no stochastic")
+
+    @property
+    def evaluations_per_step(self) -> float:
+        """Score evaluations per step (NaN for adaptive solvers: the tolerance decides, and NFE is counted)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no evaluations_per_step")
 
     @property
     def name(self) -> str:
@@ -122,19 +195,16 @@ class Solver(abc.ABC):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @abc.abstractmethod
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
-        """Advance ``state`` from time ``ct.t`` to ``cn.t < ct.t``.
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        """Advance ``state`` from time ``ctx.now.t`` to ``ctx.next.t`` (see the class docstring)."""
 
-        Args:
-            score_fn: the score, called as ``score_fn(x, t)`` with ``t: (B,)`` (see :func:`tvec`).
-            sde: the forward SDE.
-            state: the current state.
-            ct, cn: schedule values at the step's start and end (precomputed for the whole grid).
-            noise: draws standard normal noise shaped like its argument.
-            i, n: this is step ``i`` (0-based) of ``n``; ``i == n - 1`` is the last.
-        """
+    def steps(self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn) -> Iterator[tuple[Step, State]]:
+        """Yield ``(ctx, state)`` after every step of the decreasing float64 grid ``timesteps: (N + 1,)``, starting
+        from ``x = x_{t_0}``: the iterator form for users who bring their own loop."""
+        state = State(x=x)
+        for ctx in grid_steps(sde, timesteps, noise):
+            state = self.step(score_fn, sde, state, ctx)
+            yield ctx, state
 
     def solve(
         self,
@@ -145,25 +215,24 @@ class Solver(abc.ABC):
         noise: NoiseFn,
         callback: StepCallback | None = None,
     ) -> Tensor:
-        """Run :meth:`step` over the decreasing float64 grid ``timesteps: (N + 1,)`` starting from ``x = x_{t_0}``."""
-        coefs = Coefficients.table(sde, timesteps)
-        state = State(x=x)
-        n = len(coefs) - 1
-        for i in range(n):
-            state = self.step(score_fn, sde, state, coefs[i], coefs[i + 1], noise, i, n)
+        """Run :meth:`steps` to the end and return the final ``x``; ``callback(i, t_next, state)`` after each step."""
+        for ctx, state in self.steps(score_fn, sde, x, timesteps, noise):
             if callback is not None:
-                callback(i, coefs[i + 1].t, state)
-        return state.x
+                callback(ctx.index, ctx.next.t, state)
+            x = state.x
+        return x
 
 
 class IntegratorSolver(Solver):
     """A solver that hands the whole interval to a library integrator (torchdiffeq, torchsde) instead of stepping.
 
-    Subclasses implement :meth:`integrate`; callbacks are replayed afterwards from the states at the grid times.
+    Subclasses implement :meth:`integrate`; :meth:`steps` replays the states at the grid times after the solve.
     """
 
-    def step(self, *args: Any, **kwargs: Any) -> State:
-        raise NotImplementedError(f"{self.name} integrates the whole interval at once; call solve()")
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        """One grid interval handed to the integrator (used where a wrapper steps it, as inpainting does)."""
+        grid = torch.tensor([ctx.now.t, ctx.next.t], dtype=torch.float64, device=state.x.device)
+        return State(self.integrate(score_fn, sde, state.x, grid, ctx.noise, every_step=False)[-1])
 
     @abc.abstractmethod
     def integrate(
@@ -171,6 +240,11 @@ class IntegratorSolver(Solver):
     ) -> Tensor:
         """States ``(K, B, *D)`` at every time of ``timesteps`` (``every_step``) or at its two ends (``K = 2``)."""
 
+    def steps(self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn) -> Iterator[tuple[Step, State]]:
+        ys = self.integrate(score_fn, sde, x, timesteps, noise, every_step=True)
+        for ctx in grid_steps(sde, timesteps, noise):
+            yield ctx, State(ys[ctx.index + 1])
+
     def solve(
         self,
         score_fn: ScoreFn,
@@ -180,8 +254,6 @@ class IntegratorSolver(Solver):
         noise: NoiseFn,
         callback: StepCallback | None = None,
     ) -> Tensor:
-        ys = self.integrate(score_fn, sde, x, timesteps, noise, every_step=callback is not None)
         if callback is not None:
-            for i, t_next in enumerate(timesteps.tolist()[1:]):
-                callback(i, t_next, State(ys[i + 1]))
-        return ys[-1]
+            return super().solve(score_fn, sde, x, timesteps, noise, callback)
+        return self.integrate(score_fn, sde, x, timesteps, noise, every_step=False)[-1]

@@ -10,16 +10,17 @@ import abc
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from .._typing import NoiseFn, ScoreFn
 from ..sde import SDE
-from .base import Coefficients, Solver, State, tvec
+from .base import Coefficients, IntegratorSolver, Solver, State, Step, tvec
+from .sde import ReverseDiffusion
 
-__all__ = ["Corrector", "Langevin", "AnnealedLangevin", "CORRECTORS", "get_corrector", "PredictorCorrector"]
+__all__ = ["Corrector", "Langevin", "AnnealedLangevin", "NoPredictor", "PredictorCorrector"]
 
 
 @dataclass
@@ -89,80 +90,64 @@ class AnnealedLangevin(Corrector):
         return torch.tensor(2 * alpha_i * (self.snr * ct.sigma) ** 2, dtype=score.dtype, device=score.device)
 
 
-CORRECTORS: dict[str, type[Corrector]] = {"langevin": Langevin, "annealed_langevin": AnnealedLangevin}
-"""Corrector classes by name."""
-
-
-def get_corrector(corrector: str | Corrector, **options: Any) -> Corrector:
-    """A corrector from a registered name plus options, or the given instance."""
-    from . import _build
-
-    return _build(corrector, options, CORRECTORS, Corrector, "corrector")
-
-
 @dataclass
-class _NoPredictor(Solver):
+class NoPredictor(Solver):
     """Leaves ``x`` unchanged: ``pc`` with ``predictor="none"`` is corrector-only sampling (NCSN's annealed Langevin)."""
 
-    order = 0.0
+    convergence_order = 0.0
     stochastic = False
-    nfe_per_step = 0
+    evaluations_per_step = 0
 
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
         return state
 
 
 @dataclass
 class PredictorCorrector(Solver):
     """Predictor–corrector sampling (Algorithms 2–3): at every step, the corrector at ``t``, then the predictor to
-    ``t_next``. Any registered solver with a one-step rule is a predictor; ``"none"`` gives corrector-only sampling.
+    ``t_next``. Composition of two instances, ``PredictorCorrector(ReverseDiffusion(), Langevin(snr=0.16))``; by name,
+    ``get_solver("pc", predictor="ddim", corrector="annealed_langevin", corrector_options={"snr": 0.1})``.
 
     Args:
-        predictor: a solver name or instance (default ``reverse_diffusion``), or ``"none"``.
-        corrector: a corrector name or instance (default ``langevin``).
-        predictor_options, corrector_options: options for named ones, e.g. ``{"snr": 0.16, "n_steps": 1}``.
+        predictor: any one-step solver (default :class:`ReverseDiffusion`); :class:`NoPredictor` (by name ``"none"``)
+            gives corrector-only sampling.
+        corrector: a :class:`Corrector` (default :class:`Langevin`).
     """
 
-    predictor: str | Solver = "reverse_diffusion"
-    corrector: str | Corrector = "langevin"
-    predictor_options: dict[str, Any] = field(default_factory=dict)
-    corrector_options: dict[str, Any] = field(default_factory=dict)
+    predictor: Solver = field(default_factory=ReverseDiffusion)
+    corrector: Corrector = field(default_factory=Langevin)
 
     stochastic = True
+    parts: ClassVar[dict[str, str]] = {"predictor": "solver", "corrector": "corrector"}
+    """Fields the registry builds from a name plus ``<field>_options`` (see :func:`scoresde.solvers.get_solver`)."""
 
     def __post_init__(self) -> None:
-        from . import get_solver
-
-        if self.predictor in (None, "none"):
-            self._predictor: Solver = _NoPredictor()
-        else:
-            self._predictor = get_solver(self.predictor, **self.predictor_options)
-            if type(self._predictor).solve is not Solver.solve:
-                raise ValueError(
-                    f"predictor {self._predictor.name} integrates on its own and cannot be stepped; "
-                    "use a one-step solver (euler_maruyama, reverse_diffusion, ancestral, ddim, ...)"
-                )
-        self._corrector = get_corrector(self.corrector, **self.corrector_options)
+        if not isinstance(self.predictor, Solver) or not isinstance(self.corrector, Corrector):
+            raise TypeError(
+                "PredictorCorrector composes a Solver and a Corrector instance; by name use "
+                "get_solver('pc', predictor=..., corrector=...)"
+            )
+        if isinstance(self.predictor, IntegratorSolver):
+            raise ValueError(
+                f"predictor {self.predictor.name} integrates on its own and cannot be stepped; "
+                "use a one-step solver (euler_maruyama, reverse_diffusion, ancestral, ddim, ...)"
+            )
 
     @property
-    def order(self) -> float:  # type: ignore[override]
-        return self._predictor.order
+    def convergence_order(self) -> float:
+        return self.predictor.convergence_order
 
     @property
-    def nfe_per_step(self) -> float:  # type: ignore[override]
-        return self._predictor.nfe_per_step + self._corrector.n_steps
+    def evaluations_per_step(self) -> float:
+        return self.predictor.evaluations_per_step + self.corrector.n_steps
 
     @property
     def name(self) -> str:
-        return f"pc({self._predictor.name}+{self._corrector.name})"
+        return f"pc({self.predictor.name}+{self.corrector.name})"
 
     def check(self, sde: SDE) -> None:
-        self._predictor.check(sde)
+        self.predictor.check(sde)
 
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
-        x = self._corrector.correct(score_fn, sde, state.x, ct, cn, noise)
-        return self._predictor.step(score_fn, sde, dataclasses.replace(state, x=x), ct, cn, noise, i, n)
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        x = self.corrector.correct(score_fn, sde, state.x, ctx.now, ctx.next, ctx.noise)
+        return self.predictor.step(score_fn, sde, dataclasses.replace(state, x=x), ctx)

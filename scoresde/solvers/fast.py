@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .._typing import NoiseFn, ScoreFn
+from .._typing import ScoreFn
 from ..sde import SDE
-from .base import Coefficients, Solver, State, eps_and_x0
+from .base import Coefficients, Solver, State, Step, eps_and_x0
 
 __all__ = ["DDIM", "DPMSolver", "DPMSolverPP", "Heun"]
 
@@ -34,28 +34,27 @@ class DDIM(Solver):
 
     eta: float = 0.0
 
-    order = 1.0
-    nfe_per_step = 1
+    convergence_order = 1.0
+    evaluations_per_step = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"ddim eta must lie in [0, 1], got {self.eta!r}")
 
     @property
-    def stochastic(self) -> bool:  # type: ignore[override]
+    def stochastic(self) -> bool:
         return self.eta > 0
 
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        ct, cn = ctx.now, ctx.next
         x = state.x
         eps, x0 = eps_and_x0(score_fn, x, ct)
         if self.eta == 0:
-            return State((cn.alpha / ct.alpha) * x - cn.sigma * math.expm1(cn.lam - ct.lam) * eps)
+            return State((cn.alpha / ct.alpha) * x - cn.sigma * math.expm1(cn.lam - ct.lam) * eps, denoised=x0)
         a = ct.alpha / cn.alpha
         c = self.eta * cn.sigma / ct.sigma * math.sqrt(max(ct.sigma**2 - (a * cn.sigma) ** 2, 0.0))
         x_next = cn.alpha * x0 + math.sqrt(cn.sigma**2 - c**2) * eps
-        return State(x_next if i == n - 1 else x_next + c * noise(x))
+        return State(x_next if ctx.is_last else x_next + c * ctx.noise(x), denoised=x0)
 
 
 @dataclass
@@ -78,24 +77,27 @@ class DPMSolver(Solver):
             raise ValueError(f"dpm_solver order must be 1, 2 or 3, got {self.order!r}")
 
     @property
-    def nfe_per_step(self) -> float:  # type: ignore[override]
+    def convergence_order(self) -> float:
         return float(self.order)
 
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
+    @property
+    def evaluations_per_step(self) -> float:
+        return float(self.order)
+
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        ct, cn = ctx.now, ctx.next
         x = state.x
         h = cn.lam - ct.lam
-        eps_t, _ = eps_and_x0(score_fn, x, ct)
+        eps_t, x0 = eps_and_x0(score_fn, x, ct)
         x_next = (cn.alpha / ct.alpha) * x - cn.sigma * math.expm1(h) * eps_t  # DPM-Solver-1
         if self.order == 1:
-            return State(x_next)
+            return State(x_next, denoised=x0)
         if self.order == 2:
             r1 = 0.5
             c1 = Coefficients.at_log_snr(sde, ct.lam + r1 * h)
             u = (c1.alpha / ct.alpha) * x - c1.sigma * math.expm1(r1 * h) * eps_t
             D1 = eps_and_x0(score_fn, u, c1)[0] - eps_t
-            return State(x_next - cn.sigma / (2 * r1) * math.expm1(h) * D1)
+            return State(x_next - cn.sigma / (2 * r1) * math.expm1(h) * D1, denoised=x0)
         r1, r2 = 1 / 3, 2 / 3
         c1, c2 = (Coefficients.at_log_snr(sde, ct.lam + r * h) for r in (r1, r2))
         u1 = (c1.alpha / ct.alpha) * x - c1.sigma * math.expm1(r1 * h) * eps_t
@@ -106,7 +108,7 @@ class DPMSolver(Solver):
             - c2.sigma * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * D1
         )
         D2 = eps_and_x0(score_fn, u2, c2)[0] - eps_t
-        return State(x_next - cn.sigma / r2 * (math.expm1(h) / h - 1) * D2)
+        return State(x_next - cn.sigma / r2 * (math.expm1(h) / h - 1) * D2, denoised=x0)
 
 
 @dataclass
@@ -128,28 +130,32 @@ class DPMSolverPP(Solver):
     lower_order_final: bool = True
 
     stochastic = False
-    nfe_per_step = 1
+    evaluations_per_step = 1
 
     def __post_init__(self) -> None:
         if self.order not in (1, 2, 3):
             raise ValueError(f"dpm_solver_pp order must be 1, 2 or 3, got {self.order!r}")
 
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
+    @property
+    def convergence_order(self) -> float:
+        return float(self.order)
+
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        ct, cn = ctx.now, ctx.next
         x = state.x
         m0 = eps_and_x0(score_fn, x, ct)[1]
         history = ((ct.lam, m0), *state.history)[: self.order]
         k = min(self.order, len(history))
-        if self.lower_order_final and n < 15:
-            k = min(k, n - i)
+        if self.lower_order_final and ctx.count < 15:
+            k = min(k, ctx.remaining)
         h = cn.lam - ct.lam
         phi_1 = math.expm1(-h)
-        if k == 1 and self.order == 3 and n - i >= 3:
+        if k == 1 and self.order == 3 and ctx.remaining >= 3:
             # DPM-Solver++(2S) with r = ½: x_next = (sigma_n/sigma_t) x - alpha_n (e^{-h} - 1) x̂_0(u, lambda_t + h/2)
             cm = Coefficients.at_log_snr(sde, ct.lam + 0.5 * h)
             u = (cm.sigma / ct.sigma) * x - cm.alpha * math.expm1(-0.5 * h) * m0
-            return State((cn.sigma / ct.sigma) * x - cn.alpha * phi_1 * eps_and_x0(score_fn, u, cm)[1], history=history[:2])
+            x_next = (cn.sigma / ct.sigma) * x - cn.alpha * phi_1 * eps_and_x0(score_fn, u, cm)[1]
+            return State(x_next, history=history[:2], denoised=m0)
         x_next = (cn.sigma / ct.sigma) * x - cn.alpha * phi_1 * m0  # first order (DDIM in data prediction)
         if k >= 2:
             (lam1, m1) = history[1]
@@ -166,7 +172,7 @@ class DPMSolverPP(Solver):
                 phi_2 = phi_1 / h + 1
                 phi_3 = phi_2 / h - 0.5
                 x_next = x_next + cn.alpha * phi_2 * D1 - cn.alpha * phi_3 * D2
-        return State(x_next, history=history[: self.order - 1])
+        return State(x_next, history=history[: self.order - 1], denoised=m0)
 
 
 @dataclass
@@ -187,8 +193,8 @@ class Heun(Solver):
     S_max: float = float("inf")
     S_noise: float = 1.0
 
-    order = 2.0
-    nfe_per_step = 2
+    convergence_order = 2.0
+    evaluations_per_step = 2
 
     def __post_init__(self) -> None:
         if self.S_churn < 0 or self.S_noise < 0 or self.S_min < 0 or self.S_max < self.S_min:
@@ -198,28 +204,27 @@ class Heun(Solver):
             )
 
     @property
-    def stochastic(self) -> bool:  # type: ignore[override]
+    def stochastic(self) -> bool:
         return self.S_churn > 0
 
-    def _slope(self, score_fn: ScoreFn, x_hat: Tensor, c: Coefficients) -> Tensor:
-        """``dx̂/dŝ = (x̂ - x̂_0) / ŝ`` at ``x̂`` and the time of ``c``."""
+    def _slope(self, score_fn: ScoreFn, x_hat: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
+        """``dx̂/dŝ = (x̂ - x̂_0) / ŝ`` at ``x̂`` and the time of ``c``, and ``x̂_0``."""
         x0 = eps_and_x0(score_fn, c.alpha * x_hat, c)[1]
-        return (x_hat - x0) / math.exp(-c.lam)
+        return (x_hat - x0) / math.exp(-c.lam), x0
 
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        ct, cn = ctx.now, ctx.next
         x_hat = state.x / ct.alpha
         s_t, s_next = math.exp(-ct.lam), math.exp(-cn.lam)
-        gamma = min(self.S_churn / n, math.sqrt(2) - 1) if self.S_min <= s_t <= self.S_max else 0.0
+        gamma = min(self.S_churn / ctx.count, math.sqrt(2) - 1) if self.S_min <= s_t <= self.S_max else 0.0
         if gamma > 0:
             s_T = math.exp(-Coefficients.at(sde, sde.T).lam)
             s_hat = min(s_t * (1 + gamma), s_T)
-            x_hat = x_hat + math.sqrt(s_hat**2 - s_t**2) * self.S_noise * noise(x_hat)
+            x_hat = x_hat + math.sqrt(s_hat**2 - s_t**2) * self.S_noise * ctx.noise(x_hat)
             ct = Coefficients.at_log_snr(sde, -math.log(s_hat))
             s_t = s_hat
-        d = self._slope(score_fn, x_hat, ct)
+        d, x0 = self._slope(score_fn, x_hat, ct)
         x_next = x_hat + (s_next - s_t) * d
-        if i < n - 1:
-            x_next = x_hat + (s_next - s_t) * 0.5 * (d + self._slope(score_fn, x_next, cn))
-        return State(cn.alpha * x_next)
+        if not ctx.is_last:
+            x_next = x_hat + (s_next - s_t) * 0.5 * (d + self._slope(score_fn, x_next, cn)[0])
+        return State(cn.alpha * x_next, denoised=x0)

@@ -66,11 +66,11 @@ class ProbabilityFlow(IntegratorSolver):
         return self.method in self._ADAPTIVE
 
     @property
-    def order(self) -> float:  # type: ignore[override]
+    def convergence_order(self) -> float:
         return float(self._FIXED[self.method][0]) if not self.adaptive else float("nan")
 
     @property
-    def nfe_per_step(self) -> float:  # type: ignore[override]
+    def evaluations_per_step(self) -> float:
         return float(self._FIXED[self.method][1]) if not self.adaptive else float("nan")
 
     @property

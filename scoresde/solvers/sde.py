@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .._typing import NoiseFn, ScoreFn
 from ..sde import SDE
-from .base import Coefficients, IntegratorSolver, Solver, State, diffusion_at, eps_and_x0, tvec
+from .base import IntegratorSolver, Solver, State, Step, diffusion_at, eps_and_x0, tvec
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "TorchSDE", "SRK", "Milstein", "ReversibleHeun"]
 
@@ -31,20 +31,21 @@ class EulerMaruyama(Solver):
     (``tests/test_solvers.py`` measures both slopes).
     """
 
-    order = 1.0
+    convergence_order = 1.0
     strong_order = 1.0
     stochastic = True
-    nfe_per_step = 1
+    evaluations_per_step = 1
 
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        ct, cn = ctx.now, ctx.next
         x, tt = state.x, tvec(state.x, ct.t)
         dt = cn.t - ct.t
-        x_mean = x + (sde.drift(x, tt) - ct.g**2 * score_fn(x, tt)) * dt
-        if i == n - 1:
-            return State(x_mean)
-        return State(x_mean + ct.g * math.sqrt(-dt) * noise(x))
+        score = score_fn(x, tt)
+        x_mean = x + (sde.drift(x, tt) - ct.g**2 * score) * dt
+        x0 = (x + ct.sigma**2 * score) / ct.alpha  # Tweedie
+        if ctx.is_last:
+            return State(x_mean, denoised=x0)
+        return State(x_mean + ct.g * math.sqrt(-dt) * ctx.noise(x), denoised=x0)
 
 
 @dataclass
@@ -56,20 +57,21 @@ class ReverseDiffusion(Solver):
     row of ones (one small call per step instead of schedule arithmetic on every sample).
     """
 
-    order = 1.0
+    convergence_order = 1.0
     stochastic = True
-    nfe_per_step = 1
+    evaluations_per_step = 1
     requires = ("discretize",)
 
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        ct, cn = ctx.now, ctx.next
         x = state.x
         one = torch.ones_like(x[:1])
         A, G = sde.discretize(one, tvec(one, ct.t), tvec(one, cn.t))
         G = float(G[0])
-        x_mean = x - A * x + G**2 * score_fn(x, tvec(x, ct.t))
-        return State(x_mean if i == n - 1 else x_mean + G * noise(x))
+        score = score_fn(x, tvec(x, ct.t))
+        x_mean = x - A * x + G**2 * score
+        x0 = (x + ct.sigma**2 * score) / ct.alpha  # Tweedie
+        return State(x_mean if ctx.is_last else x_mean + G * ctx.noise(x), denoised=x0)
 
 
 @dataclass
@@ -88,26 +90,25 @@ class Ancestral(Solver):
 
     variance: str = "posterior"
 
-    order = 1.0
+    convergence_order = 1.0
     stochastic = True
-    nfe_per_step = 1
+    evaluations_per_step = 1
 
     def __post_init__(self) -> None:
         if self.variance not in ("posterior", "large"):
             raise ValueError(f"ancestral variance must be 'posterior' or 'large', got {self.variance!r}")
 
-    def step(
-        self, score_fn: ScoreFn, sde: SDE, state: State, ct: Coefficients, cn: Coefficients, noise: NoiseFn, i: int, n: int
-    ) -> State:
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        ct, cn = ctx.now, ctx.next
         x = state.x
         a = ct.alpha / cn.alpha
         G2 = ct.sigma**2 - (a * cn.sigma) ** 2
         _, x0 = eps_and_x0(score_fn, x, ct)
         mean = (a * cn.sigma**2 / ct.sigma**2) * x + (cn.alpha * G2 / ct.sigma**2) * x0
-        if i == n - 1:
-            return State(mean)
+        if ctx.is_last:
+            return State(mean, denoised=x0)
         var = G2 * cn.sigma**2 / ct.sigma**2 if self.variance == "posterior" else G2
-        return State(mean + math.sqrt(var) * noise(x))
+        return State(mean + math.sqrt(var) * ctx.noise(x), denoised=x0)
 
 
 class _FlippedReverseSDE(torch.nn.Module):
@@ -158,10 +159,10 @@ class TorchSDE(IntegratorSolver):
 
     method: str = "srk"
 
-    order = 1.0
+    convergence_order = 1.0
     strong_order: ClassVar[float | None] = None
     stochastic = True
-    nfe_per_step = 1
+    evaluations_per_step = 1
     per_sample_noise = False
     _STRATONOVICH: ClassVar[tuple[str, ...]] = ("reversible_heun", "midpoint", "heun", "euler_heun", "log_ode")
     _ITO: ClassVar[tuple[str, ...]] = ("euler", "milstein", "srk")

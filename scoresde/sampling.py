@@ -1,8 +1,9 @@
-"""``sample``: the one front door for generation, with one input check and a counted number of score evaluations."""
+"""Generation's one front door, with one input check and a counted number of score evaluations: :func:`sample` runs
+a solver to the end; :func:`sample_steps` yields every step for users who bring their own loop."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +14,9 @@ from ._typing import ScoreFn
 from ._utils import append_dims
 from .noise import PerSampleNoise
 from .sde import SDE
-from .solvers import Solver, State, get_solver, get_timesteps
-from .solvers.base import StepCallback
+from .solvers import Solver, SolverSpec, State, StepCallback, get_solver, get_timesteps
 
-__all__ = ["sample", "SampleResult", "CountingScore"]
+__all__ = ["sample", "sample_steps", "SampleResult", "SampleStep", "CountingScore"]
 
 
 @dataclass
@@ -59,12 +59,60 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+def _start(
+    sde: SDE,
+    shape: Sequence[int],
+    solver: SolverSpec,
+    steps: int,
+    generator: torch.Generator | None,
+    seeds: Tensor | Sequence[int] | None,
+    x_init: Tensor | None,
+    t_end: float | None,
+    grid: str,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+    solver_options: dict[str, Any],
+) -> tuple[Solver, Tensor, PerSampleNoise, Tensor, float, torch.device]:
+    """Check every input before any work: the solver, its grid, the per-sample noise and the state at ``T``."""
+    built = get_solver(solver, **solver_options)
+    built.check(sde)
+    shape = _check_shape(shape)
+    t_end = sde.sampling_eps if t_end is None else float(t_end)
+    ts = get_timesteps(grid, sde, t_end, steps)
+    if seeds is not None and generator is not None:
+        raise ValueError("pass either generator or seeds, not both")
+    if generator is not None:
+        device = torch.device(device) if device is not None else generator.device
+        if generator.device.type != device.type:
+            raise ValueError(f"the generator is on {generator.device} but sampling runs on {device}; create it there")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if seeds is None:
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.seed()
+        seeds = torch.randint(2**62, (shape[0],), generator=generator, device=generator.device)
+    seeds = torch.as_tensor(seeds, device=device)
+    if seeds.shape != (shape[0],):
+        raise ValueError(f"seeds must hold one integer per sample, shape ({shape[0]},), got {tuple(seeds.shape)}")
+    noise = PerSampleNoise(seeds)
+    if x_init is None:
+        x = sde.prior_sample(shape, noise=noise, device=device, dtype=dtype)
+    else:
+        if tuple(x_init.shape) != shape:
+            raise ValueError(f"x_init has shape {tuple(x_init.shape)} but shape={shape}")
+        if not bool(torch.isfinite(x_init).all()):
+            raise ValueError("x_init holds NaN or infinite values")
+        x = x_init.to(device=device, dtype=dtype)
+
+    return built, ts, noise, x, t_end, device
+
+
 def sample(
     score_fn: ScoreFn,
     sde: SDE,
     shape: Sequence[int],
     *,
-    solver: str | Solver = "euler_maruyama",
+    solver: SolverSpec = "euler_maruyama",
     steps: int = 1000,
     generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
@@ -108,41 +156,17 @@ def sample(
     Returns:
         :class:`SampleResult` with ``x``, the counted ``nfe`` and optionally the trajectory.
     """
-    solver = get_solver(solver, **solver_options)
-    solver.check(sde)
-    shape = _check_shape(shape)
-    t_end = sde.sampling_eps if t_end is None else float(t_end)
-    ts = get_timesteps(grid, sde, t_end, steps)
-    if seeds is not None and generator is not None:
-        raise ValueError("pass either generator or seeds, not both")
-    if generator is not None:
-        device = torch.device(device) if device is not None else generator.device
-        if generator.device.type != device.type:
-            raise ValueError(f"the generator is on {generator.device} but sampling runs on {device}; create it there")
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if seeds is None:
-        if generator is None:
-            generator = torch.Generator(device=device)
-            generator.seed()
-        seeds = torch.randint(2**62, (shape[0],), generator=generator, device=generator.device)
-    seeds = torch.as_tensor(seeds, device=device)
-    if seeds.shape != (shape[0],):
-        raise ValueError(f"seeds must hold one integer per sample, shape ({shape[0]},), got {tuple(seeds.shape)}")
-    noise = PerSampleNoise(seeds)
-    if x_init is None:
-        x = sde.prior_sample(shape, noise=noise, device=device, dtype=dtype)
-    else:
-        if tuple(x_init.shape) != shape:
-            raise ValueError(f"x_init has shape {tuple(x_init.shape)} but shape={shape}")
-        x = x_init.to(device=device, dtype=dtype)
-
+    built, ts, noise, x, t_end, device = _start(
+        sde, shape, solver, steps, generator, seeds, x_init, t_end, grid, device, dtype, solver_options
+    )
+    shape = tuple(x.shape)
     counted = CountingScore(score_fn)
     trajectory: list[Tensor] | None = [x.cpu()] if return_trajectory else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=f"sampling ({solver.name})", unit="step")
+        bar = tqdm(total=steps, desc=f"sampling ({built.name})", unit="step")
 
     def on_step(i: int, t_next: float, state: State) -> None:
         if trajectory is not None:
@@ -155,7 +179,7 @@ def sample(
     observe = trajectory is not None or bar is not None or callback is not None
     with torch.no_grad():
         try:
-            x = solver.solve(counted, sde, x, ts, noise, on_step if observe else None)
+            x = built.solve(counted, sde, x, ts, noise, on_step if observe else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -164,3 +188,54 @@ def sample(
             alpha, sigma = (append_dims(c(t), x.ndim).to(x.dtype) for c in (sde.alpha, sde.sigma))
             x = (x + sigma**2 * counted(x, t)) / alpha
     return SampleResult(x=x, nfe=counted.nfe, trajectory=trajectory)
+
+
+@dataclass(frozen=True)
+class SampleStep:
+    """One step of :func:`sample_steps`.
+
+    Attributes:
+        index, count: this is step ``index`` (0-based) of ``count``.
+        t: the time the state has reached.
+        x: the state ``(B, *D)`` at ``t``.
+        denoised: the step's data prediction ``x̂_0`` ``(B, *D)``, where the solver forms one (else ``None``).
+        nfe: score evaluations so far (counted).
+    """
+
+    index: int
+    count: int
+    t: float
+    x: Tensor
+    denoised: Tensor | None
+    nfe: int
+
+
+def sample_steps(
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: Sequence[int],
+    *,
+    solver: SolverSpec = "euler_maruyama",
+    steps: int = 1000,
+    generator: torch.Generator | None = None,
+    seeds: Tensor | Sequence[int] | None = None,
+    x_init: Tensor | None = None,
+    t_end: float | None = None,
+    grid: str = "uniform",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **solver_options: Any,
+) -> Iterator[SampleStep]:
+    """:func:`sample` as an iterator, for users who bring their own loop::
+
+        for step in sample_steps(score_fn, sde, (16, 2), solver="dpm_solver_pp", steps=20):
+            show(step.denoised)
+
+    Takes :func:`sample`'s arguments (checked the same way, before the first step) and yields a :class:`SampleStep`
+    after every step; the last one holds the samples. Runs under ``torch.no_grad``.
+    """
+    built, ts, noise, x, _, _ = _start(sde, shape, solver, steps, generator, seeds, x_init, t_end, grid, device, dtype, solver_options)
+    counted = CountingScore(score_fn)
+    with torch.no_grad():
+        for ctx, state in built.steps(counted, sde, x, ts, noise):
+            yield SampleStep(ctx.index, ctx.count, ctx.next.t, state.x, state.denoised, counted.nfe)
