@@ -37,6 +37,7 @@ __all__ = [
     "log_likelihood",
     "bits_per_dim",
     "nats_to_bits_per_dim",
+    "gaussian_logp",
     "divergence",
     "resolve_trace",
     "ADAPTIVE_METHODS",
@@ -67,6 +68,21 @@ class LikelihoodResult:
     def bits_per_dim(self, offset: float = 0.0) -> Tensor:
         """``-logp / (D ln 2) + offset``: ``(B,)`` (the offset comes from the data transform: ``transform.bpd_offset``)."""
         return nats_to_bits_per_dim(self.logp, self.z[0].numel(), offset)
+
+
+def gaussian_logp(train: Tensor, x: Tensor) -> Tensor:
+    """Exact ``log N(x; m, S)`` in nats, ``(N,)``, with ``m, S`` the maximum-likelihood fit to ``train: (M, *D)``:
+    the baseline any model of the data must beat."""
+    train, x = train.flatten(1).double(), x.flatten(1).double()
+    if train.shape[0] <= train.shape[1]:
+        raise ValueError(f"a full-covariance Gaussian in {train.shape[1]} dims needs more than {train.shape[1]} "
+                         f"train points, got {train.shape[0]}")
+    m = train.mean(0)
+    chol, info = torch.linalg.cholesky_ex(torch.cov(train.T, correction=0))
+    if info != 0:
+        raise ValueError("the train split's covariance is singular (constant coordinates?); dequantize the data")
+    r = torch.linalg.solve_triangular(chol, (x - m).T, upper=False)
+    return -0.5 * r.pow(2).sum(0) - chol.diagonal().log().sum() - 0.5 * x.shape[1] * math.log(2 * math.pi)
 
 
 def nats_to_bits_per_dim(logp: Tensor, dim: int, offset: float = 0.0) -> Tensor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -10,7 +13,13 @@ from ._utils import append_dims
 from .analytic import GaussianMixture
 from .sde import SDE
 
-__all__ = ["frechet_gaussian", "mode_mass_error", "sliced_wasserstein", "score_error"]
+__all__ = ["frechet_gaussian", "mode_mass_error", "sliced_wasserstein", "score_error", "mean_stderr"]
+
+
+def mean_stderr(per_point: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the mean of ``per_point: (N,)`` (NaN error for one point)."""
+    n = len(per_point)
+    return float(per_point.mean()), float(per_point.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
 
 
 def _sqrtm_psd(C: Tensor) -> Tensor:

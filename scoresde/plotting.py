@@ -13,8 +13,9 @@ from torch import Tensor
 
 from ._utils import atomic_path
 from .analytic import GaussianMixture
+from .transforms import DataTransform
 
-__all__ = ["plot_2d", "image_grid", "image_panels", "save_figure", "plot_interpolation"]
+__all__ = ["plot_2d", "image_grid", "image_panels", "save_figure", "plot_interpolation", "samples_picture"]
 
 
 def _pyplot():
@@ -162,3 +163,24 @@ def plot_interpolation(
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def samples_picture(
+    samples: np.ndarray | Tensor,
+    transform: DataTransform,
+    path: str | os.PathLike,
+    *,
+    labels: np.ndarray | None = None,
+    title: str = "",
+) -> Path | None:
+    """The picture of samples in the dataset's units: 2-D points as a scatter, images ``(N, C, H, W)`` as a grid of
+    full rows (one column per class when 2–16 classes were drawn in turn). ``None`` for other shapes."""
+    x = torch.as_tensor(np.asarray(samples[:4096]))
+    if x.ndim == 2 and x.shape[1] == 2:
+        return plot_2d(x.float(), path, title=title)
+    if x.ndim != 4:
+        return None
+    k = len(np.unique(labels)) if labels is not None else 0
+    ncol = k if 2 <= k <= 16 else min(8, len(x))
+    shown = max(ncol, min(len(x), 8 * ncol) // ncol * ncol)  # whole rows only: no empty cells
+    return image_grid(transform.raw_to_unit(x[:shown]), path, ncol=ncol, title=title)

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DataTransform"]
+from .noise import PerSampleNoise, index_seeds
+
+__all__ = ["DataTransform", "uniform_from_normal"]
+
+
+def uniform_from_normal(n: Tensor) -> Tensor:
+    """``Φ(n)``: standard normal draws → uniform draws in ``[0, 1)`` (so per-sample normal streams dequantize)."""
+    u = 0.5 * (1.0 + torch.erf(n.double() / math.sqrt(2.0)))
+    return u.clamp(max=1.0 - 2.0**-40)
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,18 @@ class DataTransform:
                 u = u.to(device=y.device, dtype=dtype)
             y = (y + u) / self.levels
         return self.scale * y + self.shift
+
+    def forward_points(self, raw: Tensor, index: Tensor, seed: int) -> Tensor:
+        """``raw: (N, *D)`` → model space, point ``index[i]`` with its own dequantization draw of stream ``seed``
+        (none where the transform draws no noise), so a point's value does not depend on its batch."""
+        if not self.stochastic:
+            return self.forward(raw)
+        return self.forward(raw, u=uniform_from_normal(PerSampleNoise(index_seeds(seed, index.to(raw.device)))(raw.double())))
+
+    def raw_to_unit(self, raw: Tensor) -> Tensor:
+        """Raw data (the dataset's units) → ``[0, 1]`` for pictures: ``raw / (levels - 1)`` for discrete data, the
+        raw values clamped to ``[0, 1]`` otherwise."""
+        return raw.float() / (self.levels - 1) if self.levels is not None else raw.float().clamp(0, 1)
 
     def inverse(self, z: Tensor) -> Tensor:
         """Model space → raw data (discrete: nearest level, clamped, as integers)."""

@@ -25,8 +25,8 @@ import torch
 
 from scoresde import plotting
 from scoresde.inverse import inpaint
-from scoresde.lightning.inpainting import load_mask
-from scoresde.lightning.loading import load_data, load_model
+from scoresde.lightning.commands.inpaint import load_mask
+from scoresde.lightning.commands._common import load_data, load_model
 from scoresde.noise import derive_seeds
 
 

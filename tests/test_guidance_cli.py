@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from scoresde.guidance import classifier_guidance, threshold
-from scoresde.lightning.cli import main
-from scoresde.lightning.inpainting import load_mask
-from scoresde.lightning.loading import load_classifier, load_data, load_model
+from scoresde.lightning.cli import run
+from scoresde.lightning.commands.inpaint import load_mask
+from scoresde.lightning.commands._common import load_classifier, load_data, load_model
 from scoresde.noise import derive_seeds
 
 from .conftest import EXPERIMENTS
 
 
 def _run(*args):
-    main([*args, "--progress", "false"])
+    run([*args, "--progress", "false"])
 
 
 def _library(ckpt, n, labels, **kw):
@@ -55,7 +55,7 @@ def test_classifier_fit_and_classifier_guided_sampling(digits_ckpt, tmp_path):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        main(["classifier", "fit", "--config", str(EXPERIMENTS / "classifiers" / "digits.yaml"), "--trainer.max_steps", "3",
+        run(["classifier", "fit", "--config", str(EXPERIMENTS / "classifiers" / "digits.yaml"), "--trainer.max_steps", "3",
               "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"])
     finally:
         os.chdir(cwd)
@@ -122,7 +122,7 @@ def test_masks_from_names_and_files(tmp_path):
         load_mask(str(tmp_path / "m.npy"), (1, 4, 4))
     with pytest.raises(FileNotFoundError, match="named mask"):
         load_mask("nowhere.png", (1, 8, 8))
-    from scoresde.lightning.inpainting import _observation
+    from scoresde.lightning.commands.inpaint import InpaintConfig, _observation
 
     with pytest.raises(ValueError, match="colour images"):
-        _observation({"task": "colorize"}, (1, 8, 8))
+        _observation(InpaintConfig(ckpt="model.ckpt", out="out", task="colorize"), (1, 8, 8))

@@ -11,14 +11,14 @@ import torch
 
 from scoresde import GaussianMixture
 from scoresde.lightning import ToyDataModule
-from scoresde.lightning.cli import main
-from scoresde.lightning.likelihood import gaussian_logp
+from scoresde.lightning.cli import run
+from scoresde.likelihood import gaussian_logp
 
 FAST = ["--rtol", "1e-4", "--atol", "1e-4", "--progress", "false"]
 
 
 def _likelihood(ckpt, out, *extra):
-    main(["likelihood", "--ckpt", str(ckpt), "--out", str(out), *FAST, *extra])
+    run(["likelihood", "--ckpt", str(ckpt), "--out", str(out), *FAST, *extra])
     return np.load(out / "likelihood.npz"), json.loads((out / "summary.json").read_text())
 
 
@@ -36,7 +36,7 @@ def test_likelihood_table_resumes_and_does_not_depend_on_batch_size(toy_ckpt, tm
     np.testing.assert_allclose(res["exact_bpd"][:, 0], exact, rtol=1e-12)
     assert summary["gap_to_exact"] == pytest.approx((res["bpd"][:, 0] - exact).mean())
     # Interrupted: one part lost. The rerun computes only that part, and gets the same numbers.
-    parts = sorted((out / "parts").glob("part_*.npz"))
+    parts = sorted((out / "parts").glob("shard_*.npz"))
     assert len(parts) == 2
     parts[1].unlink()
     again, _ = _likelihood(toy_ckpt, out, "--limit", "6", "--batch-size", "4")
@@ -55,7 +55,7 @@ def test_likelihood_table_resumes_and_does_not_depend_on_batch_size(toy_ckpt, tm
     with pytest.raises(ValueError, match="other settings \\(ckpt_sha256 differ\\)"):
         _likelihood(retrained, tmp_path / "c", "--limit", "2")
     with pytest.raises(ValueError, match="other settings \\(rtol differ\\)"):
-        main(["likelihood", "--ckpt", str(toy_ckpt), "--out", str(out), "--limit", "6", "--batch-size", "4",
+        run(["likelihood", "--ckpt", str(toy_ckpt), "--out", str(out), "--limit", "6", "--batch-size", "4",
               "--rtol", "1e-3", "--atol", "1e-4", "--progress", "false"])
 
 
@@ -98,14 +98,14 @@ def test_gaussian_baseline_is_the_exact_fitted_density():
 
 def test_likelihood_refuses_data_with_another_transform(toy_ckpt, tmp_path):
     with pytest.raises(ValueError, match="trained on data mapped by .* but --data maps by"):
-        main(["likelihood", "--ckpt", str(toy_ckpt), "--data", "DigitsDataModule", "--out", str(tmp_path), *FAST])
+        run(["likelihood", "--ckpt", str(toy_ckpt), "--data", "DigitsDataModule", "--out", str(tmp_path), *FAST])
     with pytest.raises(ValueError, match="is not a DataModule"):
-        main(["likelihood", "--ckpt", str(toy_ckpt), "--data", "[1, 2]", "--out", str(tmp_path), *FAST])
+        run(["likelihood", "--ckpt", str(toy_ckpt), "--data", "[1, 2]", "--out", str(tmp_path), *FAST])
 
 
 def test_interpolation_study(toy_ckpt, tmp_path, capsys):
     out = tmp_path / "i"
-    main(["interpolate", "--ckpt", str(toy_ckpt), "--pairs", "2", "--steps", "3", "--temperatures", "[1.0, 0.5]", "--progress", "false",
+    run(["interpolate", "--ckpt", str(toy_ckpt), "--pairs", "2", "--steps", "3", "--temperatures", "[1.0, 0.5]", "--progress", "false",
           "--rtol", "1e-6", "--atol", "1e-6", "--out", str(out)])
     res = np.load(out / "interpolation.npz")
     assert res["x"].shape == (4, 2, 3, 2) and res["bpd"].shape == (4, 2, 3)  # (kinds × temperatures, K, M, D)
@@ -120,4 +120,4 @@ def test_interpolation_study(toy_ckpt, tmp_path, capsys):
     assert (out / "interpolation.png").stat().st_size > 10_000
     assert "round trip" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--pairs 5000 needs 10000 points"):
-        main(["interpolate", "--ckpt", str(toy_ckpt), "--pairs", "5000", "--out", str(out)])
+        run(["interpolate", "--ckpt", str(toy_ckpt), "--pairs", "5000", "--out", str(out)])

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from scoresde.lightning.cli import main
+from scoresde.lightning.cli import run
 
 
 def _run(ckpt, out, *extra):
-    main(["sample", "--ckpt", str(ckpt), "--out", str(out), "--progress", "false", *extra])
+    run(["sample", "--ckpt", str(ckpt), "--out", str(out), "--progress", "false", *extra])
     return np.load(out / "samples.npz")["samples"]
 
 

@@ -1,4 +1,5 @@
-"""The Lightning layer: training module, DataModules, callbacks and the CLI. Importing it imports Lightning."""
+"""The Lightning layer: training module, DataModules, callbacks, the CLI and its commands (``commands/``). The only
+package of scoresde that imports Lightning."""
 
 from .callbacks import BitsPerDimReport as BitsPerDimReport
 from .callbacks import SampleReport as SampleReport

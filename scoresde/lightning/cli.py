@@ -15,17 +15,24 @@ offline mode unless the config says otherwise (``wandb sync`` uploads later).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .module import ScoreModule
 
-__all__ = ["ScoreCLI", "ClassifierCLI", "cli", "classifier_cli", "main"]
+__all__ = ["COMMANDS", "Command", "ScoreCLI", "ClassifierCLI", "cli", "classifier_cli", "run", "main", "USER_ERRORS"]
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MisconfigurationException)
+"""What a user's mistake raises (bad values and files; Lightning's configuration errors): :func:`main` answers these
+with one line. Anything else is a bug in scoresde and keeps its traceback."""
 
 WANDB_OFFLINE = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -99,30 +106,72 @@ def classifier_cli(args: Sequence[str] | None = None, run: bool = True) -> Class
     return _build(ClassifierCLI, ClassifierModule, args, run)
 
 
+@dataclass(frozen=True)
+class Command:
+    """One ``scoresde`` command: its one-line summary and the function that runs it (``"module:function"``,
+    imported only when the command runs, so ``scoresde --help`` stays fast). ``lightning`` commands get the whole
+    argument list (LightningCLI reads the subcommand itself); the others get what follows their name."""
+
+    summary: str
+    target: str
+    lightning: bool = False
+
+    def __call__(self, argv: list[str]) -> Any:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)(argv)
+
+
+COMMANDS: dict[str, Command] = {
+    "fit": Command("train a score model from a YAML experiment (LightningCLI)", "scoresde.lightning.cli:cli", True),
+    "validate": Command("validation loss of a checkpoint (LightningCLI)", "scoresde.lightning.cli:cli", True),
+    "test": Command("test loss of a checkpoint (LightningCLI)", "scoresde.lightning.cli:cli", True),
+    "sample": Command("draw samples from a checkpoint with any solver of the registry", "scoresde.lightning.commands.sample:sample_command"),
+    "likelihood": Command("bits/dim of a data split through the probability-flow ODE", "scoresde.lightning.commands.likelihood:likelihood_command"),
+    "interpolate": Command("encode pairs of data points, interpolate in the ODE latent space, decode and score them", "scoresde.lightning.commands.interpolate:interpolate_command"),
+    "inpaint": Command("fill in masked parts (or the colours) of dataset images", "scoresde.lightning.commands.inpaint:inpaint_command"),
+    "classifier": Command("train the noise-conditional classifier of classifier guidance (fit, validate)",
+                          "scoresde.lightning.cli:classifier_cli"),
+}
+"""Every ``scoresde`` command by name."""
+
+
+def usage() -> str:
+    """``scoresde --help``: every command with its one-line summary."""
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()]
+    return (
+        "usage: scoresde <command> [options]   (scoresde <command> --help for its options)\n\n"
+        "Score-based generative modelling with SDEs.\n\ncommands:\n" + "\n".join(lines) + "\n"
+    )
+
+
+def run(args: Sequence[str]) -> Any:
+    """Run ``scoresde <args>`` in-process and return what the command returns; errors propagate as exceptions."""
+    argv = list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), end="")
+        return None
+    name = argv[0]
+    if name not in COMMANDS:
+        raise ValueError(f"unknown command {name!r}; the commands are: {', '.join(COMMANDS)}")
+    command = COMMANDS[name]
+    return command(argv if command.lightning else argv[1:])
+
+
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``scoresde`` console script: LightningCLI's subcommands plus ``sample``, ``likelihood``,
-    ``interpolate``, ``inpaint`` and ``classifier``."""
+    """Entry point of the ``scoresde`` console script: :func:`run`, with every mistake a user can make answered by
+    one line on stderr, ``scoresde <command>: error: <message>``, and exit code 2 (``SCORESDE_DEBUG=1`` re-raises,
+    with the traceback)."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv[:1] == ["sample"]:
-        from .sampling import sample_command
-
-        sample_command(argv[1:])
-    elif argv[:1] == ["likelihood"]:
-        from .likelihood import likelihood_command
-
-        likelihood_command(argv[1:])
-    elif argv[:1] == ["interpolate"]:
-        from .interpolation import interpolate_command
-
-        interpolate_command(argv[1:])
-    elif argv[:1] == ["inpaint"]:
-        from .inpainting import inpaint_command
-
-        inpaint_command(argv[1:])
-    elif argv[:1] == ["classifier"]:
-        classifier_cli(argv[1:])
-    else:
-        cli(argv)
+    try:
+        run(argv)
+    except USER_ERRORS as err:
+        if os.environ.get("SCORESDE_DEBUG"):
+            raise
+        name = argv[0] if argv and argv[0] in COMMANDS else ""
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"scoresde{' ' + name if name else ''}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,51 +15,50 @@ dataset's units, ``mask``) and ``inpainted.png`` (originals, what was observed, 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import Tensor
 
-from .. import plotting
-from .._utils import atomic_path, file_digest
-from ..inverse import GrayObservation, MaskObservation, Observation, inpaint, steps_per_step
-from ..noise import derive_seeds
-from ..solvers import SOLVERS, get_solver
-from .loading import add_device_arguments, check_manifest, load_data, load_model, predict_trainer, record_run, split_of
-from .module import ScoreModule
-from .shards import ShardTask, check_sizes, read_shards, run_shards
-from .sampling import parse_with_solver_options, to_unit
+from ... import plotting
+from ..._utils import atomic_path, file_digest
+from ...inverse import GrayObservation, MaskObservation, Observation, inpaint, steps_per_step
+from ...noise import derive_seeds
+from ...solvers import SOLVERS, get_solver
+from ..module import ScoreModule
+from ._common import (
+    DeviceOptions, ShardTask, build_parser, check_manifest, check_sizes, load_data, load_model, manifest_record, option,
+    parse_with_solver_options, predict_trainer, read_shards, record_run, run_shards, split_of,
+)
 
-__all__ = ["build_parser", "inpaint_command", "run_inpainting", "load_mask", "NAMED_MASKS"]
+__all__ = ["InpaintConfig", "inpaint_command", "run_inpainting", "load_mask", "NAMED_MASKS"]
 
 NAMED_MASKS = ("left", "right", "top", "bottom", "center")
-RUN_KEYS = ("ckpt", "data", "split", "n", "task", "mask", "method", "resample", "solver", "steps", "options", "seed",
-            "batch_size")
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="scoresde inpaint", description=__doc__.split("\n\n")[0], default_meta=False)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
-    p.add_argument("--ckpt", type=str, required=True, help="checkpoint written by `scoresde fit` (EMA weights)")
-    p.add_argument("--data", type=str | None, default=None, help="DataModule (experiment YAML, class name); default: the checkpoint's")
-    p.add_argument("--split", type=str, default="test", help="train, val or test")
-    p.add_argument("--n", type=int, default=16, help="the first N images of the split")
-    p.add_argument("--task", type=str, default="inpaint", help="inpaint (with --mask) or colorize (keeps the grey values)")
-    p.add_argument("--mask", type=str, default="right", help=f"missing part: {', '.join(NAMED_MASKS)}; or a file (nonzero = known)")
-    p.add_argument("--method", type=str, default="replacement", help="replacement or repaint")
-    p.add_argument("--resample", type=int | None, default=None, help="RePaint jumps per step (default 10)")
-    p.add_argument("--solver", type=str, default="euler_maruyama", help=f"one of: {', '.join(sorted(SOLVERS))}")
-    p.add_argument("--steps", type=int, default=500, help="solver steps")
-    p.add_argument("--options", type=dict[str, Any], default={}, help="solver options, or pass them as --name value")
-    p.add_argument("--seed", type=int, default=0, help="image j uses derive_seeds(seed, j)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=64, help="images per batch and per shard")
-    p.add_argument("--out", type=str, required=True, help="output directory")
-    add_device_arguments(p)
-    return p
+@dataclass(kw_only=True)
+class InpaintConfig(DeviceOptions):
+    """The options of ``scoresde inpaint`` (every one that changes results goes into the run manifest)."""
+
+    ckpt: str = option(help="checkpoint written by `scoresde fit` (EMA weights)")
+    data: str | None = option(None, "DataModule (experiment YAML, class name); default: the checkpoint's")
+    split: str = option("test", "train, val or test")
+    n: int = option(16, "the first N images of the split")
+    task: str = option("inpaint", "inpaint (with --mask) or colorize (keeps the grey values)")
+    mask: str = option("right", f"missing part: {', '.join(NAMED_MASKS)}; or a file (nonzero = known)")
+    method: str = option("replacement", "replacement or repaint")
+    resample: int | None = option(None, "RePaint jumps per step (default 10)")
+    solver: str = option("euler_maruyama", f"one of: {', '.join(sorted(SOLVERS))}")
+    steps: int = option(500, "solver steps")
+    options: dict[str, Any] = option({}, "solver options, or pass them as --name value")
+    seed: int = option(0, "image j uses derive_seeds(seed, j)")
+    batch_size: int = option(64, "images per batch and per shard", "--batch-size")
+    out: str = option(help="output directory", result=False)
 
 
 def load_mask(spec: str, data_shape: Sequence[int]) -> Tensor:
@@ -102,23 +101,23 @@ def load_mask(spec: str, data_shape: Sequence[int]) -> Tensor:
     return m
 
 
-def _observation(cfg: dict[str, Any], data_shape: Sequence[int]) -> tuple[Observation, Tensor]:
+def _observation(cfg: InpaintConfig, data_shape: Sequence[int]) -> tuple[Observation, Tensor]:
     """The observation and a mask for pictures (1: shown as observed)."""
-    if cfg["task"] == "colorize":
+    if cfg.task == "colorize":
         if len(data_shape) != 3 or data_shape[0] < 2:
             raise ValueError(f"--task colorize needs colour images (C >= 2, H, W); the data have shape {tuple(data_shape)}")
         return GrayObservation(), torch.ones(*data_shape)
-    if cfg["task"] != "inpaint":
-        raise ValueError(f"--task must be inpaint or colorize, got {cfg['task']!r}")
-    mask = load_mask(cfg["mask"], data_shape)
+    if cfg.task != "inpaint":
+        raise ValueError(f"--task must be inpaint or colorize, got {cfg.task!r}")
+    mask = load_mask(cfg.mask, data_shape)
     return MaskObservation(mask), mask
 
 
 class InpaintingTask(ShardTask):
     """Completes ``raw[j]`` with the seed ``derive_seeds(seed, j)`` for ``Trainer.predict``, a shard at a time."""
 
-    def __init__(self, model: ScoreModule, raw: Tensor, observation: Observation, cfg: dict[str, Any], out: Path) -> None:
-        super().__init__(len(raw), cfg["batch_size"], out)
+    def __init__(self, model: ScoreModule, raw: Tensor, observation: Observation, cfg: InpaintConfig, out: Path) -> None:
+        super().__init__(len(raw), cfg.batch_size, out)
         self.model, self.raw, self.observation, self.cfg = model, raw, observation, cfg
 
     def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
@@ -127,29 +126,29 @@ class InpaintingTask(ShardTask):
         y = self.model.transform.forward(raw, u=torch.full(raw.shape, 0.5)).to(self.device)
         res = inpaint(
             self.model.score_model, self.model.sde, y, self.observation,
-            method=self.cfg["method"], resample=self.cfg["resample"], solver=self.cfg["solver"],
-            steps=self.cfg["steps"], solver_options=self.cfg["options"],
-            seeds=derive_seeds(self.cfg["seed"], start, count, device=self.device), device=self.device,
+            method=self.cfg.method, resample=self.cfg.resample, solver=self.cfg.solver,
+            steps=self.cfg.steps, solver_options=self.cfg.options,
+            seeds=derive_seeds(self.cfg.seed, start, count, device=self.device), device=self.device,
         )
         return {"samples": self.model.transform.inverse(res.x.cpu()).numpy(), "nfe": np.asarray(res.nfe)}
 
 
-def run_inpainting(cfg: dict[str, Any]) -> Path | None:
-    """Complete the first ``cfg["n"]`` images of a split under ``cfg["out"]`` (resuming); ``inpainted.npz`` on rank 0."""
-    check_sizes(cfg["n"], cfg["batch_size"])
-    steps_per_step(cfg["method"], cfg["resample"])  # a bad --method/--resample pairing fails before any work
-    get_solver(cfg["solver"], **cfg["options"])  # a bad name or option fails before any work
-    ckpt = Path(cfg["ckpt"])
+def run_inpainting(cfg: InpaintConfig) -> Path | None:
+    """Complete the first ``cfg.n`` images of a split under ``cfg.out`` (resuming); ``inpainted.npz`` on rank 0."""
+    check_sizes(cfg.n, cfg.batch_size)
+    steps_per_step(cfg.method, cfg.resample)  # a bad --method/--resample pairing fails before any work
+    get_solver(cfg.solver, **cfg.options)  # a bad name or option fails before any work
+    ckpt = Path(cfg.ckpt)
     model = load_model(ckpt)
     if model.data_shape is None:
         raise ValueError(f"{ckpt} records no data shape; train it with `scoresde fit`")
     observation, mask = _observation(cfg, model.data_shape)
-    raw = split_of(load_data(cfg["data"], ckpt), cfg["split"])[: cfg["n"]]
+    raw = split_of(load_data(cfg.data, ckpt), cfg.split)[: cfg.n]
     if tuple(raw.shape[1:]) != tuple(model.data_shape):
         raise ValueError(f"the data have shape {tuple(raw.shape[1:])} but the model was trained on {tuple(model.data_shape)}")
-    out = Path(cfg["out"])
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {**{k: cfg[k] for k in RUN_KEYS}, "n": len(raw), "ckpt": str(ckpt.resolve()), "ckpt_sha256": file_digest(ckpt)}
+    record = manifest_record(cfg, n=len(raw), ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt))
     manifest = out / "inpaint_config.json"
     check_manifest(manifest, record, "completions")
     trainer = predict_trainer(cfg)
@@ -160,25 +159,26 @@ def run_inpainting(cfg: dict[str, Any]) -> Path | None:
     return _merge(model, raw, mask, cfg, out, task.shards)
 
 
-def _merge(model: ScoreModule, raw: Tensor, mask: Tensor, cfg: dict[str, Any], out: Path, shards: int) -> Path:
-    parts = read_shards(out, shards)
-    samples = np.concatenate([p["samples"] for p in parts])
+def _merge(model: ScoreModule, raw: Tensor, mask: Tensor, cfg: InpaintConfig, out: Path, shards: int) -> Path:
+    merged = read_shards(out, shards)
+    samples = merged["samples"]
     final = out / "inpainted.npz"
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, originals=raw.numpy(), samples=samples, mask=mask.numpy(), nfe=int(parts[0]["nfe"]))
-    originals, completed = to_unit(model, raw[:64]), to_unit(model, torch.as_tensor(samples[:64]))
-    if cfg["task"] == "colorize":
+        np.savez(fh, originals=raw.numpy(), samples=samples, mask=mask.numpy(), nfe=int(merged["nfe"][0]))
+    originals, completed = model.transform.raw_to_unit(raw[:64]), model.transform.raw_to_unit(torch.as_tensor(samples[:64]))
+    if cfg.task == "colorize":
         observed = originals.mean(1, keepdim=True).expand_as(originals)
     else:
         observed = originals * mask + 0.5 * (1 - mask)  # unknown pixels in mid grey
-    name = cfg["task"] if cfg["task"] == "colorize" else f"{cfg['method']}, {cfg['mask']} masked"
+    name = cfg.task if cfg.task == "colorize" else f"{cfg.method}, {cfg.mask} masked"
     plotting.image_panels([("originals", originals), ("observed", observed), ("completed", completed)],
                           out / "inpainted.png", title=f"{len(samples)} images, {name}")
-    print(f"wrote {len(samples)} completions ({cfg['task']}, {cfg['method']}) to {final}")
+    print(f"wrote {len(samples)} completions ({cfg.task}, {cfg.method}) to {final}")
     return final
 
 
 def inpaint_command(argv: Sequence[str] | None = None) -> Path | None:
     """``scoresde inpaint ...``; ``argv`` excludes the word ``inpaint``."""
-    return run_inpainting(parse_with_solver_options(build_parser(), argv))
-
+    parser = build_parser(InpaintConfig, "scoresde inpaint", __doc__.split("\n\n")[0])
+    cfg = parse_with_solver_options(InpaintConfig, parser, list(sys.argv[2:] if argv is None else argv))
+    return run_inpainting(cfg)

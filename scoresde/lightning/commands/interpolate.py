@@ -16,44 +16,44 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
 from tqdm.auto import tqdm
 
-from .. import plotting
-from .._utils import atomic_path
-from ..latent import decode, encode, interpolate
-from ..likelihood import log_likelihood, resolve_trace
-from ..noise import PerSampleNoise, index_seeds
-from .likelihood import dequantized, mean_stderr
-from .loading import load_data, load_model, split_of
+from ... import plotting
+from ..._utils import atomic_path
+from ...latent import decode, encode, interpolate
+from ...likelihood import log_likelihood, resolve_trace
+from ...metrics import mean_stderr
+from ...noise import PerSampleNoise, index_seeds
+from ._common import build_parser, load_data, load_model, option, parse_config, split_of
 
-__all__ = ["build_parser", "interpolate_command", "run_interpolation"]
+__all__ = ["InterpolateConfig", "interpolate_command", "run_interpolation"]
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="scoresde interpolate", description=__doc__.split("\n\n")[0], default_meta=False)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
-    p.add_argument("--ckpt", type=str, required=True, help="checkpoint written by `scoresde fit` (EMA weights)")
-    p.add_argument("--data", type=str | None, default=None, help="as for `scoresde likelihood` (default: the checkpoint's)")
-    p.add_argument("--split", type=str, default="test", help="train, val or test")
-    p.add_argument("--pairs", type=int, default=4, help="number of pairs K")
-    p.add_argument("--steps", type=int, default=9, help="points per path M, both ends included")
-    p.add_argument("--kinds", type=list[str], default=["slerp", "lerp"], help="interpolations to compare")
-    p.add_argument("--temperatures", type=list[float], default=[1.0], help="latent temperatures to compare")
-    p.add_argument("--trace", type=str, default="auto", help="exact, hutchinson, or auto (exact up to 16 dims)")
-    p.add_argument("--seed", type=int, default=0, help="dequantization noise and probes of point j: index_seeds(seed, j)")
-    p.add_argument("--t_eps", type=float, default=1e-5)
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--out", type=str, required=True, help="output directory")
-    p.add_argument("--device", type=str | None, default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--progress", type=bool, default=True, help="show a progress bar")
-    return p
+@dataclass(kw_only=True)
+class InterpolateConfig:
+    """The options of ``scoresde interpolate``."""
+
+    ckpt: str = option(help="checkpoint written by `scoresde fit` (EMA weights)")
+    data: str | None = option(None, "as for `scoresde likelihood` (default: the checkpoint's)")
+    split: str = option("test", "train, val or test")
+    pairs: int = option(4, "number of pairs K")
+    steps: int = option(9, "points per path M, both ends included")
+    kinds: list[str] = option(["slerp", "lerp"], "interpolations to compare")
+    temperatures: list[float] = option([1.0], "latent temperatures to compare")
+    trace: str = option("auto", "exact, hutchinson, or auto (exact up to 16 dims)")
+    seed: int = option(0, "dequantization noise and probes of point j: index_seeds(seed, j)")
+    t_eps: float = option(1e-5, "start time of the ODE")
+    rtol: float = option(1e-5, "relative tolerance of the ODE solves")
+    atol: float = option(1e-5, "absolute tolerance of the ODE solves")
+    out: str = option(help="output directory", result=False)
+    device: str | None = option(None, "default: cuda if available, else cpu", result=False)
+    progress: bool = option(True, "show a progress bar", result=False)
 
 
 def _display(transform: Any, x: torch.Tensor) -> torch.Tensor:
@@ -61,42 +61,42 @@ def _display(transform: Any, x: torch.Tensor) -> torch.Tensor:
     return transform.to_unit(x) if transform.levels is not None else x
 
 
-def run_interpolation(cfg: dict[str, Any]) -> dict[str, Any]:
-    if cfg["pairs"] < 1:
-        raise ValueError(f"--pairs must be >= 1, got {cfg['pairs']}")
-    if cfg["steps"] < 2:
-        raise ValueError(f"--steps must be >= 2 (the two ends), got {cfg['steps']}")
-    device = torch.device(cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(cfg["ckpt"], device)
-    dm = load_data(cfg["data"], cfg["ckpt"])
-    raw = split_of(dm, cfg["split"])
-    K, M = cfg["pairs"], cfg["steps"]
+def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
+    if cfg.pairs < 1:
+        raise ValueError(f"--pairs must be >= 1, got {cfg.pairs}")
+    if cfg.steps < 2:
+        raise ValueError(f"--steps must be >= 2 (the two ends), got {cfg.steps}")
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(cfg.ckpt, device)
+    dm = load_data(cfg.data, cfg.ckpt)
+    raw = split_of(dm, cfg.split)
+    K, M = cfg.pairs, cfg.steps
     if len(raw) < 2 * K:
-        raise ValueError(f"--pairs {K} needs {2 * K} points but the {cfg['split']} split has {len(raw)}")
+        raise ValueError(f"--pairs {K} needs {2 * K} points but the {cfg.split} split has {len(raw)}")
     tf, score, sde = dm.transform, model.score_model, model.sde
-    x = dequantized(tf, raw[: 2 * K], torch.arange(2 * K), cfg["seed"]).to(device)
+    x = tf.forward_points(raw[: 2 * K], torch.arange(2 * K), cfg.seed).to(device)
     dim = x[0].numel()
-    trace = resolve_trace(cfg["trace"], dim)
-    ode = {"t_eps": cfg["t_eps"], "rtol": cfg["rtol"], "atol": cfg["atol"]}
+    trace = resolve_trace(cfg.trace, dim)
+    ode = {"t_eps": cfg.t_eps, "rtol": cfg.rtol, "atol": cfg.atol}
 
     with torch.no_grad():
         z = encode(score, sde, x, **ode)
         back = decode(score, sde, z, **ode)
     roundtrip = ((back - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)).cpu().numpy()
     labels, decoded, latents, bpd = [], [], [], []
-    runs = [(kind, tau) for kind in cfg["kinds"] for tau in cfg["temperatures"]]
-    for kind, tau in tqdm(runs, desc="paths (decode + bits/dim)", disable=not cfg["progress"]):
+    runs = [(kind, tau) for kind in cfg.kinds for tau in cfg.temperatures]
+    for kind, tau in tqdm(runs, desc="paths (decode + bits/dim)", disable=not cfg.progress):
         with torch.no_grad():
             path = interpolate(score, sde, x[0::2], x[1::2], M, kind=kind, temperature=tau, z0=z[0::2], z1=z[1::2], **ode)
         flat = path.x.reshape(K * M, *x.shape[1:])
-        seeds = index_seeds(cfg["seed"] + 1, torch.arange(K * M))
+        seeds = index_seeds(cfg.seed + 1, torch.arange(K * M))
         res = log_likelihood(score, sde, flat, trace=trace, noise=PerSampleNoise(seeds), **ode)
         labels.append(f"{kind}, T={tau:g}")
         decoded.append(path.x.cpu())
         latents.append(path.z.cpu())
         bpd.append(res.bits_per_dim(tf.bpd_offset).reshape(K, M).cpu().double().numpy())
 
-    out = Path(cfg["out"])
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = path.weights.numpy()
     with atomic_path(out / "interpolation.npz") as tmp, open(tmp, "wb") as fh:
@@ -112,7 +112,7 @@ def run_interpolation(cfg: dict[str, Any]) -> dict[str, Any]:
     data = _display(tf, tf.forward(raw[:4000])) if dim == 2 else None
     plotting.plot_interpolation(
         {lab: _display(tf, d) for lab, d in zip(labels, decoded)}, dict(zip(labels, bpd)), weights,
-        out / "interpolation.png", data=data, title=f"{K} pairs × {M} points, {cfg['split']} split",
+        out / "interpolation.png", data=data, title=f"{K} pairs × {M} points, {cfg.split} split",
     )
     summary = {
         "roundtrip_rel_error_max": float(roundtrip.max()),
@@ -131,6 +131,5 @@ def run_interpolation(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def interpolate_command(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``scoresde interpolate ...``; ``argv`` excludes the word ``interpolate``."""
-    cfg = build_parser().parse_args(list(sys.argv[2:] if argv is None else argv)).as_dict()
-    cfg.pop("config", None)
-    return run_interpolation(cfg)
+    parser = build_parser(InterpolateConfig, "scoresde interpolate", __doc__.split("\n\n")[0])
+    return run_interpolation(parse_config(InterpolateConfig, parser, list(sys.argv[2:] if argv is None else argv)))

@@ -1,0 +1,326 @@
+"""What every command shares: its typed config and the parser built from it, the run manifest derived from that config,
+loading what ``scoresde fit`` wrote, the device options and predict Trainer, and the one resumable-work machinery.
+
+Resumable work: a command's items ``0 … n-1`` are cut into shards of ``batch_size``; shard ``k`` holds items
+``[k·bs, min((k + 1)·bs, n))`` and is written atomically to ``<folder>/shard_k.npz`` with their ``index`` by the rank
+that computed it. A rerun skips the shards already on disk, so an interrupted run loses at most the shards in flight,
+and ``--devices``/``--strategy``/``--num_nodes`` spread the shards over processes. The only collective is one barrier at
+the end, so ranks may take different times per shard (adaptive solvers). Each item draws its randomness from its own
+index, so results do not depend on the batch size (beyond float rounding), the device count or resumption.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+import json
+import math
+import typing
+from collections.abc import Sequence
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ..._utils import atomic_path, file_digest
+from ..classifier import ClassifierModule
+from ..data import TensorDataModule
+from ..module import ScoreModule
+
+__all__ = [
+    "option", "DeviceOptions", "build_parser", "parse_config", "parse_with_solver_options", "manifest_record", "check_manifest", "record_run",
+    "load_model", "load_classifier", "load_data", "split_of", "predict_trainer", "check_sizes",
+    "ShardTask", "shard_path", "run_shards", "read_shards",
+]
+
+
+# ---- typed configs and their parsers -----------------------------------------------------------------------------
+def option(default: Any = MISSING, help: str = "", *flags: str, result: bool = True) -> Any:
+    """A config field: its default (mutable ones are copied per instance), ``--help`` text, extra flags (e.g.
+    ``"--batch-size"``) and whether it changes results (``result=False`` keeps it out of the run manifest)."""
+    metadata = {"help": help, "flags": flags, "result": result}
+    if isinstance(default, (dict, list)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass(kw_only=True)
+class DeviceOptions:
+    """How a command spreads its work over devices and machines (Lightning's options), and its progress bar."""
+
+    accelerator: str = option("auto", "cpu, gpu, ... (default: a GPU if there is one)", result=False)
+    devices: str = option("1", "devices per node (e.g. 4, or auto)", result=False)
+    num_nodes: int = option(1, "machines (torch.distributed / SLURM)", "--num-nodes", result=False)
+    strategy: str = option("auto", "e.g. ddp; ddp_fork inside notebooks and tests", result=False)
+    progress: bool = option(True, "show a progress bar", result=False)
+
+
+def build_parser(config: type, prog: str, description: str) -> ArgumentParser:
+    """A parser with one ``--name`` option per field of the dataclass ``config`` (types, defaults and help from it),
+    plus ``--config`` for a YAML file holding any of them."""
+    p = ArgumentParser(prog=prog, description=description, default_meta=False)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    hints = typing.get_type_hints(config)
+    device_fields = {f.name for f in dataclasses.fields(DeviceOptions)}
+    for f in sorted(dataclasses.fields(config), key=lambda f: f.name in device_fields):  # the command's own first
+        kw: dict[str, Any] = {"type": hints[f.name], "help": f.metadata.get("help", "")}
+        if f.default is not MISSING:
+            kw["default"] = f.default
+        elif f.default_factory is not MISSING:
+            kw["default"] = f.default_factory()
+        else:
+            kw["required"] = True
+        p.add_argument(f"--{f.name}", *f.metadata.get("flags", ()), **kw)
+    return p
+
+
+C = typing.TypeVar("C")
+
+
+def parse_config(config: type[C], parser: ArgumentParser, argv: Sequence[str], extra: dict[str, Any] | None = None) -> C:
+    """``argv`` parsed into an instance of ``config`` (``extra``: fields set by the caller, e.g. solver options)."""
+    values = parser.parse_args(list(argv)).as_dict()
+    values.pop("config", None)
+    return config(**{**values, **(extra or {})})
+
+
+def _split_solver_options(argv: Sequence[str], parser: ArgumentParser) -> tuple[list[str], dict[str, Any]]:
+    """Separate ``--name value`` (or ``--solver.name value``) pairs that are not the command's own options: they are
+    solver options."""
+    known = {s for a in parser._actions for s in a.option_strings}
+    rest: list[str] = []
+    options: dict[str, Any] = {}
+    argv, i = list(argv), 0
+    while i < len(argv):
+        arg = argv[i]
+        key = arg.split("=", 1)[0]
+        if arg.startswith("--") and key not in known:
+            if "=" in arg:
+                value = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            else:
+                raise ValueError(f"option {arg} needs a value")
+            name = key[2:].removeprefix("solver.").replace("-", "_")
+            options[name] = _parse_value(value)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, options
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value as YAML, with numbers such as ``1e-3`` (a string to YAML 1.1) read as floats."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_with_solver_options(config: type[C], parser: ArgumentParser, argv: Sequence[str]) -> C:
+    """A command's config from ``argv``, with unknown ``--name value`` pairs gathered into its ``options`` field as
+    solver options."""
+    argv, extra = _split_solver_options(argv, parser)
+    values = parser.parse_args(argv).as_dict()
+    values.pop("config", None)
+    values["options"] = {**(values.get("options") or {}), **extra}
+    return config(**values)
+
+
+def manifest_record(cfg: Any, **resolved: Any) -> dict[str, Any]:
+    """The run manifest of a command: every config field that changes results (all but ``result=False`` ones), plus
+    ``resolved`` values (defaults filled in from the checkpoint, the checkpoint's digest)."""
+    record = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("result", True)}
+    return json.loads(json.dumps({**record, **resolved}))
+
+
+def check_manifest(manifest: Path, record: dict[str, Any], what: str) -> None:
+    """Refuse to resume into a folder whose ``manifest`` records other settings than ``record`` (names the keys)."""
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        if old != record:
+            diff = sorted(k for k in {*record, *old} if old.get(k) != record.get(k))
+            raise ValueError(f"{manifest.parent} holds {what} with other settings ({', '.join(diff)} differ); use a new --out")
+
+
+def record_run(manifest: Path, record: dict[str, Any], is_global_zero: bool) -> None:
+    """Write the manifest of a new run (rank 0 only, atomically); :func:`check_manifest` reads it on a rerun."""
+    if is_global_zero and not manifest.exists():
+        with atomic_path(manifest) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+
+
+# ---- loading what `scoresde fit` wrote ---------------------------------------------------------------------------
+def _check_ckpt(ckpt: str | Path) -> Path:
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; `scoresde fit` writes them under <default_root_dir>/checkpoints/")
+    return path
+
+
+def load_model(ckpt: str | Path, device: torch.device | str = "cpu") -> ScoreModule:
+    """The :class:`ScoreModule` of a checkpoint (its state dict holds the EMA weights), in eval mode."""
+    # The hyperparameters hold the linked DataTransform object, which torch's weights-only loader refuses; load only
+    # checkpoints you trust (your own `scoresde fit` runs).
+    # compile=False: sampling and likelihood run uncompiled (compiling is a training-time option)
+    model = ScoreModule.load_from_checkpoint(_check_ckpt(ckpt), map_location=device, weights_only=False, compile=False)
+    return model.eval()
+
+
+def load_classifier(ckpt: str | Path, device: torch.device | str = "cpu") -> ClassifierModule:
+    """The :class:`~scoresde.lightning.ClassifierModule` of a ``scoresde classifier fit`` checkpoint, in eval mode."""
+    path = _check_ckpt(ckpt)
+    hparams = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    if "label_dropout" in hparams or "prediction" in hparams:
+        raise ValueError(f"{path} is a score model checkpoint; --classifier takes one written by `scoresde classifier fit`")
+    return ClassifierModule.load_from_checkpoint(path, map_location=device, weights_only=False).eval()
+
+
+def _spec(data: str) -> dict[str, Any]:
+    """``--data`` → ``{"class_path": ..., "init_args": {...}}`` from an experiment YAML (its ``data:`` section), a
+    YAML file holding that section, a class name (``DigitsDataModule``) or an inline YAML mapping."""
+    path = Path(data)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"--data {data}: no such file")
+        loaded = yaml.safe_load(path.read_text())
+        loaded = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
+    else:
+        loaded = yaml.safe_load(data)
+    if isinstance(loaded, str):
+        loaded = {"class_path": loaded}
+    if not isinstance(loaded, dict) or "class_path" not in loaded:
+        raise ValueError(
+            f"--data {data!r} is not a DataModule: give an experiment YAML, a class name such as DigitsDataModule, "
+            "or '{class_path: ..., init_args: {...}}'"
+        )
+    return loaded
+
+
+def load_data(data: str | None, ckpt: str | Path) -> TensorDataModule:
+    """The DataModule named by ``--data``, or (``None``) the one recorded in the checkpoint."""
+    if data is None:
+        hparams = torch.load(_check_ckpt(ckpt), map_location="cpu", weights_only=False).get("datamodule_hyper_parameters")
+        if not hparams:
+            raise ValueError(f"{ckpt} records no DataModule (trained outside the CLI, or by an older version); pass --data, e.g. the experiment YAML")
+        dm = L.LightningDataModule.load_from_checkpoint(ckpt, weights_only=False)
+    else:
+        spec = _spec(data)
+        module, _, name = spec["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module or "scoresde.lightning"), name, None)
+        if cls is None:
+            raise ValueError(f"--data: no class {spec['class_path']!r} (the built-in ones live in scoresde.lightning)")
+        dm = cls(**(spec.get("init_args") or {}))
+    if not isinstance(dm, TensorDataModule):
+        raise ValueError(f"--data must be a scoresde TensorDataModule (raw splits and a transform), got {type(dm).__name__}")
+    return dm
+
+
+def split_of(dm: TensorDataModule, split: str) -> Tensor:
+    """The raw ``train``/``val``/``test`` tensor ``(N, *D)`` of a DataModule."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"--split must be train, val or test, got {split!r}")
+    raw: Tensor = getattr(dm, f"{split}_raw")
+    return raw
+
+
+# ---- devices and the predict loop --------------------------------------------------------------------------------
+def predict_trainer(cfg: DeviceOptions, **options: Any) -> L.Trainer:
+    """A Trainer for a command's predict loop, from its :class:`DeviceOptions` (no logger, no model summary);
+    ``options`` go to ``L.Trainer`` (e.g. ``precision``, ``inference_mode``)."""
+    devices: int | str = int(cfg.devices) if cfg.devices.isdigit() else cfg.devices  # a count, or "auto" / "0,1"
+    return L.Trainer(
+        accelerator=cfg.accelerator, devices=devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+        logger=False, enable_progress_bar=cfg.progress, enable_model_summary=False, **options,
+    )
+
+
+def check_sizes(n: int, batch_size: int) -> None:
+    """``--n`` and ``--batch-size`` (items per shard) must be positive; checked before any work."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"--n and --batch-size must be positive, got n={n}, batch_size={batch_size}")
+
+
+def shard_path(folder: Path, k: int) -> Path:
+    return folder / f"shard_{k:05d}.npz"
+
+
+class ShardTask(L.LightningModule, abc.ABC):
+    """A ``Trainer.predict`` task whose batches are lists of shard numbers. Subclasses implement :meth:`draw`.
+
+    Args:
+        n: items in all.
+        batch_size: items per shard (and per :meth:`draw`).
+        folder: where the shards go.
+    """
+
+    def __init__(self, n: int, batch_size: int, folder: Path) -> None:
+        super().__init__()
+        self.n, self.batch_size, self.folder = n, batch_size, folder
+
+    @property
+    def shards(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    @abc.abstractmethod
+    def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
+        """The arrays of items ``start, ..., start + count - 1`` (each with its own seed, so shards are independent)."""
+
+    def predict_step(self, shards: Tensor, batch_idx: int) -> None:
+        for k in shards.tolist():
+            path = shard_path(self.folder, k)
+            if path.exists():  # written by an earlier (interrupted) run
+                continue
+            start = k * self.batch_size
+            count = min(self.batch_size, self.n - start)
+            arrays = self.draw(start, count)
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, index=np.arange(start, start + count), **arrays)
+
+
+def run_shards(trainer: L.Trainer, task: ShardTask) -> bool:
+    """Draw every shard not yet on disk, wait for all ranks, and return whether this is rank 0 (which merges)."""
+    task.folder.mkdir(parents=True, exist_ok=True)
+    if any(not shard_path(task.folder, k).exists() for k in range(task.shards)):
+        # One shard per predict step; Lightning gives each rank its share of the list, without padding. The list is
+        # all shards, not those still missing: ranks may start seconds apart (`ddp` relaunches the command), and the
+        # split must not depend on what was on disk when each looked. Finished shards are skipped in the step.
+        loader = DataLoader(torch.arange(task.shards), batch_size=1, shuffle=False)
+        trainer.predict(task, loader, return_predictions=False)
+    trainer.strategy.barrier()  # the one collective: every rank has written its shards
+    return trainer.is_global_zero
+
+
+def read_shards(folder: Path, shards: int) -> dict[str, np.ndarray]:
+    """The arrays of shards ``0, ..., shards - 1`` concatenated in order (checked complete and contiguous; 0-d
+    arrays, one value per shard, become one entry per item); removes the temporary files of shards that were being
+    written when a run was killed."""
+    missing = [k for k in range(shards) if not shard_path(folder, k).exists()]
+    if missing:
+        raise RuntimeError(f"{folder} lacks shards {missing[:10]} of {shards}; run the same command again to resume")
+    parts = []
+    for k in range(shards):
+        with np.load(shard_path(folder, k)) as f:
+            parts.append(dict(f))
+    merged = {
+        key: np.concatenate([np.full(len(p["index"]), p[key]) if p[key].ndim == 0 else p[key] for p in parts])
+        for key in parts[0]
+    }
+    if not np.array_equal(merged["index"], np.arange(len(merged["index"]))):
+        raise RuntimeError(f"the shards in {folder} are out of order; remove the folder and run again")
+    for stale in folder.glob(".shard_*"):
+        stale.unlink(missing_ok=True)
+    return merged

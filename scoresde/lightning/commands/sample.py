@@ -1,0 +1,231 @@
+"""``scoresde sample``: draw samples from a trained checkpoint with any registered solver, on one device or many.
+
+    scoresde sample --ckpt runs/toy_vp/checkpoints/last.ckpt --solver dpm_solver_pp --steps 20 --n 10000 --out samples/
+    scoresde sample --ckpt last.ckpt --solver ddim --eta 0.5 --grid log_snr --n 50000 --batch-size 500 --out ddim/
+    scoresde sample --ckpt last.ckpt --n 50000 --devices 8 --strategy ddp --out big/   # or --num_nodes 2 on a cluster
+    scoresde sample --config experiments/sample.yaml          # the same keys in YAML; solver options under `options:`
+    scoresde sample --ckpt cond.ckpt --class 3 --guidance-scale 2.0 --out three/       # class-conditional model (CFG)
+    scoresde sample --ckpt cond.ckpt --class all --guidance-scale 3 --n 100 --out grid/  # classes 0, 1, ... in turn
+    scoresde sample --ckpt uncond.ckpt --classifier clf.ckpt --class 3 --classifier-scale 2 --out cg/
+    scoresde sample --ckpt last.ckpt --solver ddim --threshold dynamic --percentile 0.995 --out clipped/
+
+Samples are drawn in shards of ``--batch-size`` (``shard_00000.npz``, ...) through Lightning's predict loop, so
+``--devices``/``--strategy``/``--num_nodes`` spread the shards over processes. Sample ``j`` uses the seed
+``derive_seeds(seed, j)`` (its global index), so the union of the shards is the same for 1 or N processes and any
+batch size. Each shard is written atomically by the rank that drew it; a rerun skips the shards already on disk, so an
+interrupted run loses at most the shards in flight. The solve holds no collective operation, so ranks may take
+different numbers of solver steps (adaptive ODE solvers) or of shards; rank 0 merges the shards after one barrier into
+``samples.npz`` (``samples``: uint8 images in the dataset's original range for discrete data, float arrays otherwise)
+and draws ``samples.png``.
+
+Conditioning: ``--class`` takes one class, a comma list or ``all``; sample ``j`` gets the ``(j mod k)``-th of the ``k``
+classes listed (its label is saved in ``labels``). A class-conditional checkpoint is guided classifier-free with
+``--guidance-scale`` (1: conditional, 0: unconditional); ``--classifier`` (a ``scoresde classifier fit`` checkpoint)
+adds classifier guidance of scale ``--classifier-scale``; ``--threshold static|dynamic`` clips the data prediction.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ... import plotting
+from ..._typing import ScoreFn
+from ..._utils import atomic_path, file_digest
+from ...guidance import classifier_guidance, threshold
+from ...noise import derive_seeds
+from ...solvers import SOLVERS, TIME_GRIDS, get_solver
+from ..classifier import ClassifierModule
+from ..module import ScoreModule
+from ._common import (
+    DeviceOptions, ShardTask, build_parser, check_manifest, check_sizes, load_classifier, load_model, manifest_record,
+    option, parse_with_solver_options, predict_trainer, read_shards, record_run, run_shards,
+)
+
+__all__ = ["SampleConfig", "sample_command", "run_sampling", "SamplingTask", "parse_classes"]
+
+
+@dataclass(kw_only=True)
+class SampleConfig(DeviceOptions):
+    """The options of ``scoresde sample`` (every one that changes results goes into the run manifest)."""
+
+    ckpt: str = option(help="checkpoint written by `scoresde fit` (EMA weights)")
+    solver: str | None = option(None, f"one of: {', '.join(sorted(SOLVERS))} (default: the model's)")
+    steps: int | None = option(None, "solver steps (default: the model's sample_steps)")
+    grid: str = option("uniform", f"time grid: {', '.join(TIME_GRIDS)}")
+    options: dict[str, Any] = option({}, "solver options, e.g. '{eta: 0.5}'; or pass --eta 0.5 (or --solver.eta 0.5)")
+    n: int = option(64, "number of samples")
+    batch_size: int = option(256, "samples per batch and per shard", "--batch-size")
+    seed: int = option(0, "run seed; sample j uses derive_seeds(seed, j)")
+    denoise: bool = option(False, "finish with Tweedie's denoising step")
+    t_end: float | None = option(None, "end time (default: the SDE's sampling_eps)")
+    classes: str | None = option(None, "class to draw: one (3), a list (0,1,2) or all; sample j gets the (j mod k)-th", "--class")
+    guidance_scale: float = option(
+        1.0, "classifier-free guidance scale w of a class-conditional model (1: conditional, 0: unconditional)",
+        "--guidance-scale")
+    classifier: str | None = option(None, "checkpoint of `scoresde classifier fit`: classifier guidance")
+    classifier_scale: float = option(1.0, "classifier guidance scale", "--classifier-scale")
+    threshold: str | None = option(None, "static or dynamic thresholding of the data prediction")
+    percentile: float = option(0.995, "dynamic thresholding percentile")
+    threshold_range: list[float] | None = option(
+        None, "model-space data range [low, high] to threshold into (default: the dataset's)", "--threshold-range")
+    precision: str | None = option(None, "e.g. bf16-mixed (default: 32-bit)")
+    out: str = option(help="output directory", result=False)
+
+
+def parse_classes(text: str | None, num_classes: int | None) -> list[int] | None:
+    """``--class``: ``"3"``, ``"0,1,2"`` or ``"all"`` → a list of classes, checked against the model's."""
+    if text is None:
+        return None
+    if num_classes is None:
+        raise ValueError("--class needs a class-conditional checkpoint (a network with num_classes) or --classifier")
+    if str(text).strip() == "all":
+        return list(range(num_classes))
+    try:
+        classes = [int(c) for c in str(text).split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"--class takes a class number, a comma list or 'all', got {text!r}") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if not classes or bad:
+        raise ValueError(f"--class {text!r}: classes must lie in [0, {num_classes})")
+    return classes
+
+
+def threshold_range(model: ScoreModule, cfg: SampleConfig) -> tuple[float, float]:
+    """Model-space data range for thresholding: ``--threshold-range`` or that of the dataset's discrete transform."""
+    if cfg.threshold_range:
+        low, high = cfg.threshold_range
+        return float(low), float(high)
+    t = model.transform
+    if t.levels is None:
+        if cfg.threshold is None:
+            return -1.0, 1.0
+        raise ValueError("the data are continuous, so their range is unknown: pass --threshold-range '[low, high]'")
+    return t.shift, t.shift + t.scale
+
+
+def score_transform(
+    model: ScoreModule, cfg: SampleConfig, classifier: ClassifierModule | None, labels: Tensor | None
+) -> Callable[[ScoreFn], ScoreFn] | None:
+    """The ``score_transform`` of :meth:`ScoreModule.sample` for classifier guidance and thresholding (or ``None``)."""
+    if classifier is None and cfg.threshold is None:
+        return None
+    low, high = threshold_range(model, cfg)
+
+    def transform(score_fn: ScoreFn) -> ScoreFn:
+        if classifier is not None and labels is not None:
+            score_fn = classifier_guidance(score_fn, classifier, labels, cfg.classifier_scale)
+        if cfg.threshold is not None:
+            score_fn = threshold(score_fn, model.sde, cfg.threshold, percentile=cfg.percentile, low=low, high=high)
+        return score_fn
+
+    return transform
+
+
+class SamplingTask(ShardTask):
+    """Wraps a trained :class:`ScoreModule` for ``Trainer.predict``: each shard is drawn with its samples' own seeds
+    (``derive_seeds(seed, j)``) and, with ``classes``, sample ``j`` gets class ``classes[j mod k]``."""
+
+    def __init__(
+        self, model: ScoreModule, cfg: SampleConfig, solver: str, options: dict[str, Any], out: Path,
+        classes: list[int] | None = None, classifier: ClassifierModule | None = None,
+    ) -> None:
+        super().__init__(cfg.n, cfg.batch_size, out)
+        self.model, self.cfg, self.solver, self.options = model, cfg, solver, options
+        self.classes, self.classifier = classes, classifier
+
+    def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
+        labels = None
+        if self.classes is not None:
+            index = torch.arange(start, start + count, device=self.device)
+            labels = torch.tensor(self.classes, device=self.device)[index % len(self.classes)]
+        conditional = labels is not None and self.model.num_classes is not None
+        res = self.model.sample(
+            count,
+            solver=self.solver,
+            steps=self.cfg.steps,
+            seeds=derive_seeds(self.cfg.seed, start, count, device=self.device),
+            grid=self.cfg.grid,
+            denoise=self.cfg.denoise,
+            t_end=self.cfg.t_end,
+            labels=labels if conditional else None,
+            guidance_scale=self.cfg.guidance_scale,
+            score_transform=score_transform(self.model, self.cfg, self.classifier, labels),
+            **self.options,
+        )
+        extra = {} if labels is None else {"labels": labels.cpu().numpy()}
+        return {"samples": self.model.transform.inverse(res.x.cpu()).numpy(), "nfe": np.asarray(res.nfe), **extra}
+
+
+def _classifier_classes(classifier: ClassifierModule, model: ScoreModule) -> int:
+    """The classifier's number of classes, read from one forward pass (and its input shape checked)."""
+    with torch.no_grad():
+        x = torch.zeros(1, *(model.data_shape or ()))
+        logits = classifier(x, torch.full((1,), 0.5))
+    if logits.ndim != 2:
+        raise ValueError(f"the classifier returns shape {tuple(logits.shape)}, not logits (B, K)")
+    return int(logits.shape[1])
+
+
+def run_sampling(cfg: SampleConfig) -> Path | None:
+    """Draw ``cfg.n`` samples in shards under ``cfg.out`` (resuming), merge them into ``samples.npz``; returns its
+    path on rank 0 (``None`` on the other ranks)."""
+    check_sizes(cfg.n, cfg.batch_size)
+    if cfg.steps is not None and cfg.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {cfg.steps}")
+    ckpt = Path(cfg.ckpt)
+    model = load_model(ckpt)
+    solver = cfg.solver or model.hparams.sampler
+    options = {**((model.hparams.get("sampler_options") or {}) if cfg.solver is None else {}), **cfg.options}
+    get_solver(solver, **options)  # fail on a bad name or option before any work
+    classifier = load_classifier(cfg.classifier) if cfg.classifier else None
+    num_classes = model.num_classes if classifier is None else _classifier_classes(classifier, model)
+    classes = parse_classes(cfg.classes, num_classes)
+    if classifier is not None and classes is None:
+        raise ValueError("--classifier guides towards a class: give --class too")
+    if model.num_classes is None and cfg.guidance_scale != 1.0:
+        raise ValueError("--guidance-scale is classifier-free guidance of a class-conditional model; this one is "
+                         "unconditional (use --classifier with --classifier-scale)")
+    if cfg.threshold is not None:
+        if cfg.threshold not in ("static", "dynamic"):
+            raise ValueError(f"--threshold must be static or dynamic, got {cfg.threshold!r}")
+        threshold_range(model, cfg)
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = manifest_record(cfg, solver=solver, options=options, ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt))
+    manifest = out / "sample_config.json"
+    check_manifest(manifest, record, "samples drawn")
+    trainer = predict_trainer(cfg, precision=cfg.precision)
+    record_run(manifest, record, trainer.is_global_zero)
+    task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
+    if not run_shards(trainer, task):
+        return None
+    return _merge(model, cfg, solver, out, task.shards)
+
+
+def _merge(model: ScoreModule, cfg: SampleConfig, solver: str, out: Path, shards: int) -> Path:
+    merged = read_shards(out, shards)
+    samples, nfe, labels = merged["samples"], merged["nfe"], merged.get("labels")
+    final = out / "samples.npz"
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, samples=samples, nfe_per_sample=nfe, **({} if labels is None else {"labels": labels}))  # (N,) each
+    steps = cfg.steps or model.hparams.sample_steps
+    title = f"{len(samples)} samples of {Path(cfg.ckpt).name}: {solver}, {steps} steps, {nfe.mean():.0f} NFE"
+    plotting.samples_picture(samples, model.transform, out / "samples.png", labels=labels, title=title)
+    print(f"wrote {len(samples)} samples ({samples.dtype}, shape {samples.shape[1:]}, {nfe.mean():.1f} NFE each on average) to {final}")
+    return final
+
+
+def sample_command(argv: Sequence[str] | None = None) -> Path | None:
+    """``scoresde sample ...``; ``argv`` excludes the word ``sample``."""
+    parser = build_parser(SampleConfig, "scoresde sample", __doc__.split("\n\n")[0])
+    cfg = parse_with_solver_options(SampleConfig, parser, list(sys.argv[2:] if argv is None else argv))
+    return run_sampling(cfg)
