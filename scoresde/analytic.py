@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -62,7 +63,9 @@ class GaussianMixture:
             raise ValueError(f"GaussianMixture: means must have shape (K, D), got {tuple(mu.shape)}")
         K, D = mu.shape
         if w.shape != (K,):
-            raise ValueError(f"GaussianMixture: weights must have shape (K,) = ({K},) to match means, got {tuple(w.shape)}")
+            raise ValueError(
+                f"GaussianMixture: weights must have shape (K,) = ({K},) to match means, got {tuple(w.shape)}"
+            )
         if not bool((w > 0).all()):
             raise ValueError("GaussianMixture: weights must all be positive")
         if cov.shape == (K,):
@@ -70,12 +73,16 @@ class GaussianMixture:
         elif cov.shape == (K, D):
             cov = torch.diag_embed(cov)
         if cov.shape != (K, D, D):
-            raise ValueError(f"GaussianMixture: covs must have shape (K, D, D), (K, D) or (K,) with K={K}, D={D}; got {tuple(cov.shape)}")
+            raise ValueError(
+                f"GaussianMixture: covs must have shape (K, D, D), (K, D) or (K,) with K={K}, D={D}; got {tuple(cov.shape)}"
+            )
         if not torch.allclose(cov, cov.transpose(1, 2), atol=1e-10):
             raise ValueError("GaussianMixture: each covariance must be symmetric")
         lam, U = torch.linalg.eigh(cov)
         if not bool((lam > 0).all()):
-            raise ValueError(f"GaussianMixture: covariances must be positive definite (smallest eigenvalue {float(lam.min()):.3g})")
+            raise ValueError(
+                f"GaussianMixture: covariances must be positive definite (smallest eigenvalue {float(lam.min()):.3g})"
+            )
         self.shape = tuple(int(s) for s in shape) if shape is not None else (D,)
         if math.prod(self.shape) != D:
             raise ValueError(f"GaussianMixture: shape {self.shape} has {math.prod(self.shape)} entries, expected D={D}")
@@ -85,7 +92,7 @@ class GaussianMixture:
 
     # ---- constructors ----------------------------------------------------------------------------------------
     @classmethod
-    def ring(cls, k: int = 8, radius: float = 2.0, std: float = 0.15) -> "GaussianMixture":
+    def ring(cls, k: int = 8, radius: float = 2.0, std: float = 0.15) -> GaussianMixture:
         """``k`` equal isotropic Gaussians evenly spaced on a circle (the classic 2-D multi-modal toy)."""
         angles = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
         means = radius * torch.stack([angles.cos(), angles.sin()], 1)
@@ -102,7 +109,7 @@ class GaussianMixture:
         scale: float = 0.3,
         seed: int = 0,
         shape: Sequence[int] | None = None,
-    ) -> "GaussianMixture":
+    ) -> GaussianMixture:
         """Random anisotropic mixture in ``dim`` dims: eigenvalues log-spaced over ``cond`` (e.g. three decades).
 
         Means are ``N(0, spread² I)``, covariances ``scale² U diag(lam) Uᵀ`` with random rotations ``U`` and
@@ -228,7 +235,7 @@ class GaussianMixture:
     def _score_at(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
         return self.score(x, t, sde)
 
-    def conditional_score_fn(self, sde: SDE) -> "Callable[[Tensor, Tensor, Tensor | None], Tensor]":
+    def conditional_score_fn(self, sde: SDE) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
         """The exact class-conditional score as ``score_fn(x, t, y)`` (``y = -1``: unconditional), the interface of a
         conditional :class:`~scoresde.ScoreModel` (for ``scoresde.guidance``)."""
         return partial(self._conditional_score_at, sde=sde)
@@ -236,20 +243,20 @@ class GaussianMixture:
     def _conditional_score_at(self, x: Tensor, t: Tensor, y: Tensor | None = None, *, sde: SDE) -> Tensor:
         return self.score(x, t, sde, y)
 
-    def classifier(self, sde: SDE) -> "Callable[[Tensor, Tensor], Tensor]":
+    def classifier(self, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
         """The exact noise-conditional classifier ``(x, t) -> log p_t(y | x_t)``: ``(B, K)`` logits."""
         return partial(self._log_posterior_at, sde=sde)
 
     def _log_posterior_at(self, x: Tensor, t: Tensor, *, sde: SDE) -> Tensor:
         return self.log_posterior(x, t, sde)
 
-    def component(self, k: int) -> "GaussianMixture":
+    def component(self, k: int) -> GaussianMixture:
         """Component ``k`` alone (the class-conditional data distribution ``p_0(x | y = k)``)."""
         if not 0 <= k < self.n_components:
             raise ValueError(f"component index must lie in [0, {self.n_components}), got {k}")
         return GaussianMixture([1.0], self.means[k : k + 1], self.covs[k : k + 1], shape=self.shape)
 
-    def condition(self, observe: Tensor, values: Tensor) -> tuple["GaussianMixture", Tensor]:
+    def condition(self, observe: Tensor, values: Tensor) -> tuple[GaussianMixture, Tensor]:
         """The exact conditional of ``p_0`` given a noiseless linear observation ``A x = v``.
 
         Args:
@@ -291,11 +298,37 @@ class GaussianMixture:
             return eye[m], eye[~m]
         A = observe.to(torch.float64)
         if A.ndim != 2 or A.shape[1] != self.dim or not 0 < A.shape[0] < self.dim:
-            raise ValueError(f"the observation matrix must be (M, {self.dim}) with 0 < M < {self.dim}, got {tuple(A.shape)}")
+            raise ValueError(
+                f"the observation matrix must be (M, {self.dim}) with 0 < M < {self.dim}, got {tuple(A.shape)}"
+            )
         if not torch.allclose(A @ A.T, torch.eye(A.shape[0], dtype=torch.float64), atol=1e-8):
             raise ValueError("the observation matrix must have orthonormal rows (A Aᵀ = I)")
         Q, _ = torch.linalg.qr(torch.cat([A, eye]).T)  # the first M columns span A's rows
         return A, Q[:, A.shape[0] : self.dim].T
+
+    @overload
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = ...,
+        dtype: torch.dtype = ...,
+        device: torch.device | str | None = ...,
+        return_labels: Literal[False] = ...,
+        labels: Tensor | None = ...,
+    ) -> Tensor: ...
+
+    @overload
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = ...,
+        dtype: torch.dtype = ...,
+        device: torch.device | str | None = ...,
+        return_labels: Literal[True],
+        labels: Tensor | None = ...,
+    ) -> tuple[Tensor, Tensor]: ...
 
     def sample(
         self,

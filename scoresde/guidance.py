@@ -31,8 +31,16 @@ from .parametrization import TimeInput, noise_condition
 from .sde import SDE
 
 __all__ = [
-    "ConditionalScoreFn", "Classifier", "conditional", "classifier_free", "classifier_guidance", "classifier_gradient",
-    "threshold", "dynamic_threshold", "null_condition", "NoisyClassifier",
+    "ConditionalScoreFn",
+    "Classifier",
+    "conditional",
+    "classifier_free",
+    "classifier_guidance",
+    "classifier_gradient",
+    "threshold",
+    "dynamic_threshold",
+    "null_condition",
+    "NoisyClassifier",
 ]
 
 ConditionalScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -105,7 +113,9 @@ def classifier_free(score_fn: ConditionalScoreFn, y: Tensor, scale: float, *, ba
         if w == 0.0:
             return score_fn(x, t, null_condition(yy))
         if batched:
-            s_cond, s_uncond = score_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([yy, null_condition(yy)])).chunk(2)
+            s_cond, s_uncond = score_fn(
+                torch.cat([x, x]), torch.cat([t, t]), torch.cat([yy, null_condition(yy)])
+            ).chunk(2)
         else:
             s_cond, s_uncond = score_fn(x, t, yy), score_fn(x, t, null_condition(yy))
         return s_uncond + w * (s_cond - s_uncond)

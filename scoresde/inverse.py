@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -77,7 +77,9 @@ class GrayObservation(Observation):
 
     def project(self, x: Tensor) -> Tensor:
         if x.ndim <= self.channel_dim or x.shape[self.channel_dim] < 2:
-            raise ValueError(f"colorization needs several channels in dim {self.channel_dim}, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"colorization needs several channels in dim {self.channel_dim}, got shape {tuple(x.shape)}"
+            )
         return x.mean(self.channel_dim, keepdim=True).expand_as(x)
 
 
@@ -134,7 +136,9 @@ class Replacement(Solver):
         ct, cn = ctx.now, ctx.next
         for r in range(self.resample):
             x_known = ct.alpha * self.y + ct.sigma * ctx.noise(self.y)  # the observation diffused to t
-            state = self.solver.step(score_fn, sde, State(self.observation.replace(state.x, x_known), state.history), ctx)
+            state = self.solver.step(
+                score_fn, sde, State(self.observation.replace(state.x, x_known), state.history), ctx
+            )
             if r < self.resample - 1:  # RePaint: jump back from t_next to t by the forward transition
                 a = ct.alpha / cn.alpha
                 # A jumped state lies on no earlier trajectory: a multistep solver's memory would extrapolate from
@@ -142,7 +146,9 @@ class Replacement(Solver):
                 state = State(a * state.x + math.sqrt(max(ct.sigma**2 - (a * cn.sigma) ** 2, 0.0)) * ctx.noise(self.y))
         return state
 
-    def steps(self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn) -> Iterator[tuple[Step, State]]:
+    def steps(
+        self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn
+    ) -> Iterator[tuple[Step, State]]:
         """:meth:`Solver.steps` over :meth:`step`, with ``y`` moved to the samples once; the last state gets the
         observation itself in its observed part."""
         y = self.y.to(device=x.device, dtype=x.dtype)

@@ -28,15 +28,26 @@ __all__ = ["encode", "decode", "slerp", "lerp", "interpolation_weights", "interp
 Kind = Literal["slerp", "lerp"]
 
 
+def _no_noise(x: Tensor) -> Tensor:
+    raise RuntimeError("the probability-flow ODE draws no noise")
+
+
 def _flow(
-    score_fn: ScoreFn, sde: SDE, x: Tensor, t0: float, t1: float, method: str, rtol: float, atol: float,
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    t0: float,
+    t1: float,
+    method: str,
+    rtol: float,
+    atol: float,
     method_options: dict[str, Any] | None,
 ) -> Tensor:
     """The probability-flow ODE from ``t0`` to ``t1`` by the ``ode`` solver (per-sample error norm): ``(B, *D)``."""
     check_batch(x)
     solver = ProbabilityFlow(method=method, rtol=rtol, atol=atol, method_options=dict(method_options or {}))
     ts = torch.tensor([t0, t1], dtype=torch.float64)
-    return solver.integrate(score_fn, sde, x, ts, noise=None, every_step=False)[-1]  # no noise: an ODE
+    return solver.integrate(score_fn, sde, x, ts, noise=_no_noise, every_step=False)[-1]
 
 
 def encode(

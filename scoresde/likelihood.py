@@ -19,8 +19,9 @@ batch-wide RMS norm, which lets easy samples hide a hard one's error, and with o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -75,8 +76,10 @@ def gaussian_logp(train: Tensor, x: Tensor) -> Tensor:
     the baseline any model of the data must beat."""
     train, x = train.flatten(1).double(), x.flatten(1).double()
     if train.shape[0] <= train.shape[1]:
-        raise ValueError(f"a full-covariance Gaussian in {train.shape[1]} dims needs more than {train.shape[1]} "
-                         f"train points, got {train.shape[0]}")
+        raise ValueError(
+            f"a full-covariance Gaussian in {train.shape[1]} dims needs more than {train.shape[1]} "
+            f"train points, got {train.shape[0]}"
+        )
     m = train.mean(0)
     chol, info = torch.linalg.cholesky_ex(torch.cov(train.T, correction=0))
     if info != 0:
@@ -118,7 +121,9 @@ def _draw_probes(x: Tensor, n: int, kind: Probe, generator: torch.Generator | No
     if noise is not None:
         eps = torch.stack([noise(x) for _ in range(n)])
     else:
-        eps = torch.randn((n, *x.shape), generator=generator, dtype=x.dtype, device=generator.device if generator else x.device)
+        eps = torch.randn(
+            (n, *x.shape), generator=generator, dtype=x.dtype, device=generator.device if generator else x.device
+        )
         eps = eps.to(x.device)
     return torch.where(eps >= 0, 1.0, -1.0).to(x.dtype) if kind == "rademacher" else eps
 
@@ -145,7 +150,7 @@ def resolve_trace(trace: str, dim: int) -> Trace:
         return "exact" if dim <= EXACT_TRACE_MAX_DIM else "hutchinson"
     if trace not in ("exact", "hutchinson"):
         raise ValueError(f"unknown trace {trace!r}; use 'exact' (autograd, small D), 'hutchinson' or 'auto'")
-    return trace
+    return "exact" if trace == "exact" else "hutchinson"
 
 
 def check_t_eps(sde: SDE, t_eps: float) -> None:

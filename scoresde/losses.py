@@ -51,7 +51,9 @@ class DSMLoss:
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; available: {', '.join(REDUCTIONS)}")
         if importance_sampling and weighting != "likelihood":
-            raise ValueError("importance_sampling applies to weighting='likelihood' only (sigma2 weighting is already flat in t)")
+            raise ValueError(
+                "importance_sampling applies to weighting='likelihood' only (sigma2 weighting is already flat in t)"
+            )
         if not t_eps > 0:
             raise ValueError(f"t_eps must be > 0, got {t_eps}")
         self.weighting, self.importance_sampling = weighting, importance_sampling
@@ -123,7 +125,9 @@ class DSMLoss:
                 raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
             w = sde.diffusion(t) ** 2 / sde.sigma(t) ** 2 if self.weighting == "likelihood" else torch.ones_like(t)
             if self.importance_sampling:
-                raise ValueError("pass t only with importance_sampling=False (importance weights depend on how t was drawn)")
+                raise ValueError(
+                    "pass t only with importance_sampling=False (importance weights depend on how t was drawn)"
+                )
         if z is None:
             z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         mean, std = sde.marginal_prob(x0, t)
@@ -134,8 +138,6 @@ class DSMLoss:
         per = sq.flatten(1).mean(1) if self.reduction == "mean" else 0.5 * batch_sum(sq)
         return per * w.to(per.dtype)
 
-    def __call__(
-        self, score_fn: ScoreFn, sde: SDE, x0: Tensor, *, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def __call__(self, score_fn: ScoreFn, sde: SDE, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Mean loss over the batch ``x0: (B, *D)``: a scalar."""
         return self.per_sample(score_fn, sde, x0, generator=generator).mean()

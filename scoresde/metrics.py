@@ -49,12 +49,16 @@ def mode_mass_error(samples: Tensor, mixture: GaussianMixture) -> float:
     return float(0.5 * (share - mixture.weights).abs().sum())
 
 
-def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, *, generator: torch.Generator | None = None) -> float:
+def sliced_wasserstein(
+    x: Tensor, y: Tensor, n_projections: int = 256, *, generator: torch.Generator | None = None
+) -> float:
     """Sliced 2-Wasserstein distance between two equally sized sample sets ``(N, *D)``: the root mean over random
     directions of the squared W2 distance of the 1-D projections."""
     a, b = x.detach().flatten(1).to(torch.float64).cpu(), y.detach().flatten(1).to(torch.float64).cpu()
     if a.shape != b.shape:
-        raise ValueError(f"sliced_wasserstein needs equally shaped sample sets, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"sliced_wasserstein needs equally shaped sample sets, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     theta = torch.randn(a.shape[1], n_projections, generator=generator, dtype=torch.float64)
     theta = theta / theta.norm(dim=0, keepdim=True)
     pa, pb = (a @ theta).sort(0).values, (b @ theta).sort(0).values

@@ -53,7 +53,9 @@ class ScoreModel(nn.Module):
         time_input: ``"auto"`` (the SDE's reference convention), ``"t"`` (``999 t``) or ``"log_sigma"``.
     """
 
-    def __init__(self, net: nn.Module, sde: SDE, prediction: Prediction = "eps", time_input: TimeInput = "auto") -> None:
+    def __init__(
+        self, net: nn.Module, sde: SDE, prediction: Prediction = "eps", time_input: TimeInput = "auto"
+    ) -> None:
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; available: {', '.join(PREDICTIONS)}")

@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from .transforms import DataTransform
 __all__ = ["plot_2d", "image_grid", "image_panels", "save_figure", "plot_interpolation", "samples_picture"]
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +28,7 @@ def _pyplot():
     return plt
 
 
-def save_figure(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
     """Save a matplotlib figure to ``path`` atomically (temporary file, then rename) and close it."""
     path = Path(path)
     try:
@@ -38,7 +39,7 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     return path
 
 
-def _bounds(*arrays: np.ndarray, pad: float = 0.15) -> tuple[float, float, float, float]:
+def _bounds(*arrays: np.ndarray | None, pad: float = 0.15) -> tuple[float, float, float, float]:
     pts = np.concatenate([a for a in arrays if a is not None and len(a)])
     lo, hi = np.quantile(pts, 0.002, axis=0), np.quantile(pts, 0.998, axis=0)
     span = (hi - lo).max() * (1 + 2 * pad)
@@ -71,7 +72,11 @@ def plot_2d(
         if pts is not None:
             n = min(len(pts), 4000)
             ax.scatter(pts[:n, 0], pts[:n, 1], s=2, c="tab:red" if name == "samples" else "k", alpha=0.5, linewidths=0)
-        ax.set_title(f"{name}" + (" over the exact density" if background is not None else "") + (f" (n={len(pts)})" if pts is not None else ""))
+        ax.set_title(
+            f"{name}"
+            + (" over the exact density" if background is not None else "")
+            + (f" (n={len(pts)})" if pts is not None else "")
+        )
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
     if title:
@@ -103,7 +108,9 @@ def image_grid(
     return image_panels(panels, path, ncol=ncol, title=title)
 
 
-def image_panels(panels: Sequence[tuple[str, Tensor]], path: str | os.PathLike, *, ncol: int = 8, title: str = "") -> Path:
+def image_panels(
+    panels: Sequence[tuple[str, Tensor]], path: str | os.PathLike, *, ncol: int = 8, title: str = ""
+) -> Path:
     """Named grids of images ``(N, C, H, W)`` in ``[0, 1]`` side by side (e.g. originals, masked, completed)."""
     plt = _pyplot()
     ncol = max(1, min(ncol, max(len(imgs) for _, imgs in panels)))
@@ -112,7 +119,12 @@ def image_panels(panels: Sequence[tuple[str, Tensor]], path: str | os.PathLike, 
     for ax, (name, imgs) in zip(axes[0], panels):
         arr = imgs.detach().cpu().float().clamp(0, 1).numpy()
         tiled = _tile(arr, ncol)
-        ax.imshow(tiled.squeeze(-1) if tiled.shape[-1] == 1 else tiled, cmap="gray_r" if tiled.shape[-1] == 1 else None, vmin=0, vmax=1)
+        ax.imshow(
+            tiled.squeeze(-1) if tiled.shape[-1] == 1 else tiled,
+            cmap="gray_r" if tiled.shape[-1] == 1 else None,
+            vmin=0,
+            vmax=1,
+        )
         ax.set_title(name)
         ax.axis("off")
     if title:
@@ -147,7 +159,12 @@ def plot_interpolation(
         else:
             K, M = p.shape[:2]
             tiled = _tile(p.reshape(K * M, *p.shape[2:]).clamp(0, 1).numpy(), M)
-            ax.imshow(tiled.squeeze(-1) if tiled.shape[-1] == 1 else tiled, cmap="gray_r" if tiled.shape[-1] == 1 else None, vmin=0, vmax=1)
+            ax.imshow(
+                tiled.squeeze(-1) if tiled.shape[-1] == 1 else tiled,
+                cmap="gray_r" if tiled.shape[-1] == 1 else None,
+                vmin=0,
+                vmax=1,
+            )
             ax.axis("off")
         ax.set_title(label)
     ax = axes[0, -1]

@@ -234,7 +234,9 @@ def sample_steps(
     Takes :func:`sample`'s arguments (checked the same way, before the first step) and yields a :class:`SampleStep`
     after every step; the last one holds the samples. Runs under ``torch.no_grad``.
     """
-    built, ts, noise, x, _, _ = _start(sde, shape, solver, steps, generator, seeds, x_init, t_end, grid, device, dtype, solver_options)
+    built, ts, noise, x, _, _ = _start(
+        sde, shape, solver, steps, generator, seeds, x_init, t_end, grid, device, dtype, solver_options
+    )
     counted = CountingScore(score_fn)
     with torch.no_grad():
         for ctx, state in built.steps(counted, sde, x, ts, noise):

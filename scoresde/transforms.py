@@ -44,18 +44,20 @@ class DataTransform:
     dequantize: bool = True
 
     def __post_init__(self) -> None:
-        if self.levels is not None and (isinstance(self.levels, bool) or int(self.levels) != self.levels or self.levels < 2):
+        if self.levels is not None and (
+            isinstance(self.levels, bool) or int(self.levels) != self.levels or self.levels < 2
+        ):
             raise ValueError(f"levels must be an integer >= 2 (or None for continuous data), got {self.levels!r}")
         if not self.scale > 0:
             raise ValueError(f"scale must be > 0, got {self.scale!r}")
 
     @classmethod
-    def identity(cls) -> "DataTransform":
+    def identity(cls) -> DataTransform:
         """Continuous data used as is (offset 0)."""
         return cls()
 
     @classmethod
-    def discrete(cls, levels: int, low: float = -1.0, high: float = 1.0, dequantize: bool = True) -> "DataTransform":
+    def discrete(cls, levels: int, low: float = -1.0, high: float = 1.0, dequantize: bool = True) -> DataTransform:
         """Discrete data with ``levels`` values mapped onto ``[low, high]``."""
         if not high > low:
             raise ValueError(f"need high > low, got low={low}, high={high}")
@@ -87,8 +89,8 @@ class DataTransform:
         y = raw.to(dtype)
         if self.levels is not None:
             if not self.dequantize:
-                u = 0.5
-            elif u is None:
+                return self.scale * (y + 0.5) / self.levels + self.shift
+            if u is None:
                 device = generator.device if generator is not None else y.device
                 u = torch.rand(y.shape, generator=generator, dtype=dtype, device=device).to(y.device)
             elif u.shape != y.shape or bool((u < 0).any()) or bool((u >= 1).any()):
@@ -103,7 +105,9 @@ class DataTransform:
         (none where the transform draws no noise), so a point's value does not depend on its batch."""
         if not self.stochastic:
             return self.forward(raw)
-        return self.forward(raw, u=uniform_from_normal(PerSampleNoise(index_seeds(seed, index.to(raw.device)))(raw.double())))
+        return self.forward(
+            raw, u=uniform_from_normal(PerSampleNoise(index_seeds(seed, index.to(raw.device)))(raw.double()))
+        )
 
     def raw_to_unit(self, raw: Tensor) -> Tensor:
         """Raw data (the dataset's units) → ``[0, 1]`` for pictures: ``raw / (levels - 1)`` for discrete data, the

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
+
+import lightning as L
 
 from .. import metrics, plotting
 from .._utils import atomic_path
@@ -92,9 +93,20 @@ class SampleReport(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: ScoreModule) -> None:
         epoch = trainer.current_epoch
-        if trainer.sanity_checking or not self.every_n_epochs or (epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
+        if (
+            trainer.sanity_checking
+            or not self.every_n_epochs
+            or (epoch + 1) % self.every_n_epochs
+            or not trainer.is_global_zero
+        ):
             return
-        path = self._picture(trainer, pl_module, self._draw(pl_module), self._dir(trainer) / "samples" / f"epoch{epoch:04d}.png", f"epoch {epoch}")
+        path = self._picture(
+            trainer,
+            pl_module,
+            self._draw(pl_module),
+            self._dir(trainer) / "samples" / f"epoch{epoch:04d}.png",
+            f"epoch {epoch}",
+        )
         self._log_image(trainer, path, "samples")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: ScoreModule) -> None:
@@ -105,7 +117,9 @@ class SampleReport(L.Callback):
         x = self._draw(pl_module)
         sample_time = time.perf_counter() - t0
         out = self._dir(trainer)
-        path = self._picture(trainer, pl_module, x, out / "samples.png", f"{type(pl_module.sde).__name__}, {trainer.global_step} steps")
+        path = self._picture(
+            trainer, pl_module, x, out / "samples.png", f"{type(pl_module.sde).__name__}, {trainer.global_step} steps"
+        )
         self._log_image(trainer, path, "samples/final")
         logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         summary: dict[str, Any] = {
@@ -129,7 +143,9 @@ class SampleReport(L.Callback):
         g = torch.Generator().manual_seed(self.seed + 1)
         x = x.cpu()
         dev = pl_module.device
-        score_err = metrics.score_error(lambda x_t, t: pl_module(x_t.to(dev), t.to(dev)).cpu(), target, pl_module.sde, generator=g)
+        score_err = metrics.score_error(
+            lambda x_t, t: pl_module(x_t.to(dev), t.to(dev)).cpu(), target, pl_module.sde, generator=g
+        )
         # The floors are heavy-tailed (for 4000 ring samples the Fréchet distance's 90th percentile is 2.5x its median),
         # so report their mean and 90th percentile over 20 sets of exact samples of the same size.
         exact = [target.sample(len(x), generator=g) for _ in range(20)]
@@ -162,8 +178,15 @@ class BitsPerDimReport(L.Callback):
         seed: seed of the dequantization draws and probes.
     """
 
-    def __init__(self, n_points: int = 64, every_n_epochs: int = 1, trace: str = "auto", rtol: float = 1e-4,
-                 atol: float = 1e-4, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_points: int = 64,
+        every_n_epochs: int = 1,
+        trace: str = "auto",
+        rtol: float = 1e-4,
+        atol: float = 1e-4,
+        seed: int = 0,
+    ) -> None:
         if n_points < 1 or every_n_epochs < 1:
             raise ValueError(f"n_points and every_n_epochs must be >= 1, got {n_points}, {every_n_epochs}")
         if trace not in ("auto", "exact", "hutchinson"):
@@ -181,6 +204,14 @@ class BitsPerDimReport(L.Callback):
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_rank)
         # validation runs under inference mode; the divergence needs autograd
         with torch.inference_mode(False), torch.enable_grad():
-            res = bits_per_dim(pl_module.score_model, pl_module.sde, raw.to(pl_module.device), pl_module.transform,
-                               generator=g, trace=trace, rtol=self.rtol, atol=self.atol)
+            res = bits_per_dim(
+                pl_module.score_model,
+                pl_module.sde,
+                raw.to(pl_module.device),
+                pl_module.transform,
+                generator=g,
+                trace=trace,
+                rtol=self.rtol,
+                atol=self.atol,
+            )
         pl_module.log("val/bpd", res.per_sample.mean().float(), sync_dist=True, prog_bar=True, batch_size=len(raw))

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+import lightning as L
 
 from .._utils import append_dims
 from ..guidance import NoisyClassifier
@@ -64,15 +65,35 @@ class ClassifierModule(L.LightningModule):
             raise ValueError("ClassifierModule needs (x, y) batches: switch the DataModule's labels on (labels: true)")
         x0, y = batch
         g = torch.Generator(device=self.device).manual_seed(seed)
-        t = self.hparams.t_eps + (self.sde.T - self.hparams.t_eps) * torch.rand(x0.shape[0], generator=g, device=x0.device, dtype=torch.float64)
+        t = self.hparams.t_eps + (self.sde.T - self.hparams.t_eps) * torch.rand(
+            x0.shape[0], generator=g, device=x0.device, dtype=torch.float64
+        )
         mean, std = self.sde.marginal_prob(x0, t)
-        x_t = mean + append_dims(std, x0.ndim).to(x0.dtype) * torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
+        x_t = mean + append_dims(std, x0.ndim).to(x0.dtype) * torch.randn(
+            x0.shape, generator=g, device=x0.device, dtype=x0.dtype
+        )
         logits = self.classifier(x_t, t.to(x0.dtype))
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(1) == y).float().mean()
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(y), sync_dist=not on_step)
-        self.log(f"{stage}/acc", acc, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(y), sync_dist=not on_step)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=not on_step,
+            batch_size=len(y),
+            sync_dist=not on_step,
+        )
+        self.log(
+            f"{stage}/acc",
+            acc,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=not on_step,
+            batch_size=len(y),
+            sync_dist=not on_step,
+        )
         return loss
 
     def on_fit_start(self) -> None:

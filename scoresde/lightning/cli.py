@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import lightning as L
 
 from .module import ScoreModule
 
@@ -125,12 +126,25 @@ COMMANDS: dict[str, Command] = {
     "fit": Command("train a score model from a YAML experiment (LightningCLI)", "scoresde.lightning.cli:cli", True),
     "validate": Command("validation loss of a checkpoint (LightningCLI)", "scoresde.lightning.cli:cli", True),
     "test": Command("test loss of a checkpoint (LightningCLI)", "scoresde.lightning.cli:cli", True),
-    "sample": Command("draw samples from a checkpoint with any solver of the registry", "scoresde.lightning.commands.sample:sample_command"),
-    "likelihood": Command("bits/dim of a data split through the probability-flow ODE", "scoresde.lightning.commands.likelihood:likelihood_command"),
-    "interpolate": Command("encode pairs of data points, interpolate in the ODE latent space, decode and score them", "scoresde.lightning.commands.interpolate:interpolate_command"),
-    "inpaint": Command("fill in masked parts (or the colours) of dataset images", "scoresde.lightning.commands.inpaint:inpaint_command"),
-    "classifier": Command("train the noise-conditional classifier of classifier guidance (fit, validate)",
-                          "scoresde.lightning.cli:classifier_cli"),
+    "sample": Command(
+        "draw samples from a checkpoint with any solver of the registry",
+        "scoresde.lightning.commands.sample:sample_command",
+    ),
+    "likelihood": Command(
+        "bits/dim of a data split through the probability-flow ODE",
+        "scoresde.lightning.commands.likelihood:likelihood_command",
+    ),
+    "interpolate": Command(
+        "encode pairs of data points, interpolate in the ODE latent space, decode and score them",
+        "scoresde.lightning.commands.interpolate:interpolate_command",
+    ),
+    "inpaint": Command(
+        "fill in masked parts (or the colours) of dataset images", "scoresde.lightning.commands.inpaint:inpaint_command"
+    ),
+    "classifier": Command(
+        "train the noise-conditional classifier of classifier guidance (fit, validate)",
+        "scoresde.lightning.cli:classifier_cli",
+    ),
 }
 """Every ``scoresde`` command by name."""
 

@@ -11,16 +11,24 @@ import math
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+import lightning as L
+
 from ..analytic import GaussianMixture
 from ..transforms import DataTransform
 
-__all__ = ["TensorDataModule", "ToyDataModule", "DigitsDataModule", "NpzDataModule", "ImageFolderDataModule", "TOY_DATASETS"]
+__all__ = [
+    "TensorDataModule",
+    "ToyDataModule",
+    "DigitsDataModule",
+    "NpzDataModule",
+    "ImageFolderDataModule",
+    "TOY_DATASETS",
+]
 
 
 class _Rows(Dataset):
@@ -46,15 +54,19 @@ def _identity(batch: Tensor) -> Tensor:
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
     """Validation and test sizes from fractions of ``n`` (at least one validation item)."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1; got {val_fraction}, {test_fraction}")
-    return max(1, int(round(val_fraction * n))), int(round(test_fraction * n))
+        raise ValueError(
+            f"need 0 <= val_fraction, test_fraction and their sum < 1; got {val_fraction}, {test_fraction}"
+        )
+    return max(1, round(val_fraction * n)), round(test_fraction * n)
 
 
 def _check_labels(labels: np.ndarray | Tensor, n: int, what: str) -> Tensor:
     """Integer class labels ``(n,)`` in ``[0, K)``, as int64."""
     y = torch.as_tensor(np.asarray(labels))
     if y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"{what}: labels must be integers shaped ({n},) (one per data point), got {tuple(y.shape)} {y.dtype}")
+        raise ValueError(
+            f"{what}: labels must be integers shaped ({n},) (one per data point), got {tuple(y.shape)} {y.dtype}"
+        )
     if n and int(y.min()) < 0:
         raise ValueError(f"{what}: labels must be >= 0 (-1 is reserved for 'no class'), got {int(y.min())}")
     return y.long()
@@ -124,7 +136,9 @@ class TensorDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
 
-    def on_after_batch_transfer(self, batch: Tensor | tuple[Tensor, Tensor], dataloader_idx: int) -> Tensor | tuple[Tensor, Tensor]:
+    def on_after_batch_transfer(
+        self, batch: Tensor | tuple[Tensor, Tensor], dataloader_idx: int
+    ) -> Tensor | tuple[Tensor, Tensor]:
         if isinstance(batch, (tuple, list)):
             x, y = batch
             return self._to_model_space(x), y
@@ -213,12 +227,18 @@ class ToyDataModule(TensorDataModule):
         g = torch.Generator().manual_seed(seed)
         n = n_train + n_val + n_test
         if labels and self.target is None:
-            raise ValueError(f"labels=True needs a dataset made of mixture components ('ring' or 'mixture'), not {name!r}")
+            raise ValueError(
+                f"labels=True needs a dataset made of mixture components ('ring' or 'mixture'), not {name!r}"
+            )
         if self.target is not None:
             data, y = self.target.sample(n, generator=g, return_labels=True)
         else:
             data = {"moons": _moons, "swiss_roll": _swiss_roll, "checkerboard": _checkerboard}[name](n, g).float()
-        self.train_raw, self.val_raw, self.test_raw = data[:n_train], data[n_train : n_train + n_val], data[n_train + n_val :]
+        self.train_raw, self.val_raw, self.test_raw = (
+            data[:n_train],
+            data[n_train : n_train + n_val],
+            data[n_train + n_val :],
+        )
         self.transform = DataTransform.identity()
         if labels:
             y = y.cpu()
@@ -230,7 +250,15 @@ class _ImageDataModule(TensorDataModule):
     """Discrete-valued images ``(N, C, H, W)`` with fixed validation/test splits and a recorded transform."""
 
     def _setup_images(
-        self, images: Tensor, levels: int, val: int, test: int, seed: int, low: float, high: float, dequantize: bool,
+        self,
+        images: Tensor,
+        levels: int,
+        val: int,
+        test: int,
+        seed: int,
+        low: float,
+        high: float,
+        dequantize: bool,
         labels: Tensor | None = None,
     ) -> None:
         if images.ndim != 4:
@@ -328,7 +356,9 @@ class NpzDataModule(TensorDataModule):
         if test_key is not None and label_key is not None and test_label_key is None:
             raise ValueError("with test_key and label_key, name the test labels too: test_label_key=...")
         if test_key is not None and test_fraction is not None:
-            raise ValueError("give either test_key (a test array in the file) or test_fraction (split one array), not both")
+            raise ValueError(
+                "give either test_key (a test array in the file) or test_fraction (split one array), not both"
+            )
         arr = self._load(Path(path), key)
         discrete = np.issubdtype(arr.dtype, np.integer) or levels is not None
         if discrete and levels is None:
@@ -347,15 +377,19 @@ class NpzDataModule(TensorDataModule):
         else:
             test_data = self._tensor(self._load(Path(path), test_key), discrete)
             if test_data.shape[1:] != data.shape[1:] or test_data.dtype != data.dtype:
-                raise ValueError(f"{path}: the test array {test_key!r} has shape {tuple(test_data.shape[1:])}, "
-                                 f"the train array {tuple(data.shape[1:])}; they must match")
+                raise ValueError(
+                    f"{path}: the test array {test_key!r} has shape {tuple(test_data.shape[1:])}, "
+                    f"the train array {tuple(data.shape[1:])}; they must match"
+                )
             val, _ = _split_sizes(len(test_data), val_fraction, 0.0)
             self.train_raw, self.test_raw = data, test_data
             va = _split(len(test_data), val, 0, split_seed)[1]
             self.val_raw = test_data[va]
             if label_key is not None:
                 y = _check_labels(self._load(Path(path), label_key, labels=True), len(data), f"{path}[{label_key}]")
-                y_test = _check_labels(self._load(Path(path), test_label_key, labels=True), len(test_data), f"{path}[{test_label_key}]")
+                y_test = _check_labels(
+                    self._load(Path(path), test_label_key, labels=True), len(test_data), f"{path}[{test_label_key}]"
+                )
                 self._set_labels(y, y_test[va], y_test)
         for split in (self.train_raw, self.test_raw):
             transform.check(split)  # the raw values' range, before training starts (without dequantizing them all)
@@ -377,7 +411,11 @@ class NpzDataModule(TensorDataModule):
         else:
             names = list(loaded.keys())
             if key is None:
-                key = names[0] if len(names) == 1 else next((k for k in ("x", "data", "images", "train") if k in names), None)
+                key = (
+                    names[0]
+                    if len(names) == 1
+                    else next((k for k in ("x", "data", "images", "train") if k in names), None)
+                )
             if key not in names:
                 raise KeyError(f"{path} holds arrays {names}; choose one with key=...")
             arr = loaded[key]
@@ -422,14 +460,18 @@ class ImageFolderDataModule(_ImageDataModule):
             raise FileNotFoundError(f"image folder not found: {folder}")
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in self.EXTENSIONS)
         if len(files) < 3:
-            raise ValueError(f"found {len(files)} images under {folder}; need at least 3 ({', '.join(self.EXTENSIONS)})")
+            raise ValueError(
+                f"found {len(files)} images under {folder}; need at least 3 ({', '.join(self.EXTENSIONS)})"
+            )
         arrays = []
         for f in files:
             with Image.open(f) as im:
                 arrays.append(np.asarray(im.convert(mode)))
         sizes = {a.shape for a in arrays}
         if len(sizes) > 1:
-            raise ValueError(f"images under {folder} have different sizes {sorted(sizes)}; resize them to one size first")
+            raise ValueError(
+                f"images under {folder} have different sizes {sorted(sizes)}; resize them to one size first"
+            )
         images = torch.from_numpy(_nchw(np.stack(arrays)).copy())
         val, test = _split_sizes(len(images), val_fraction, test_fraction)
         self._setup_images(images, 256, val, test, split_seed, low, high, dequantize)

@@ -6,11 +6,12 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+import lightning as L
 
 from .._typing import ScoreFn
 from ..guidance import classifier_free, null_condition
@@ -135,7 +136,9 @@ class ScoreModule(L.LightningModule):
     # ---- training ----------------------------------------------------------------------------------------------
     def _check_batch(self, x: Tensor) -> None:
         if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
-            raise ValueError(f"batch has data shape {tuple(x.shape[1:])} but the model was set up for {self.data_shape}")
+            raise ValueError(
+                f"batch has data shape {tuple(x.shape[1:])} but the model was set up for {self.data_shape}"
+            )
 
     def _split_batch(self, batch: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
         """``x0`` and the condition ``y`` (``None`` for unlabelled batches); labels for a network without a condition
@@ -144,8 +147,10 @@ class ScoreModule(L.LightningModule):
             return batch, None
         x0, y = batch[0], (batch[1] if len(batch) > 1 else None)
         if y is not None and getattr(self.net, "cond", 0) is None:
-            raise ValueError(f"the data yield labels but the network {type(self.net).__name__} was built without "
-                             "num_classes (or cond_dim); set model.net.init_args.num_classes to the DataModule's num_classes")
+            raise ValueError(
+                f"the data yield labels but the network {type(self.net).__name__} was built without "
+                "num_classes (or cond_dim); set model.net.init_args.num_classes to the DataModule's num_classes"
+            )
         return x0, y
 
     def _drop_labels(self, y: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .embeddings import make_embedding
+from .layers import Stage
 from .unet import _norm, _ResBlock
 
 __all__ = ["ConvClassifier"]
@@ -36,15 +37,19 @@ class ConvClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 2 or in_channels < 1 or base_channels < 1 or not channel_mult or num_res_blocks < 1:
-            raise ValueError("ConvClassifier needs num_classes >= 2, in_channels, base_channels, num_res_blocks >= 1 "
-                             "and a non-empty channel_mult")
+            raise ValueError(
+                "ConvClassifier needs num_classes >= 2, in_channels, base_channels, num_res_blocks >= 1 "
+                "and a non-empty channel_mult"
+            )
         self.in_channels, self.num_classes = in_channels, num_classes
-        self.embed = nn.Sequential(make_embedding(embedding, emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.embed = nn.Sequential(
+            make_embedding(embedding, emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         self.levels = nn.ModuleList()
         c = base_channels
         for i, mult in enumerate(channel_mult):
-            level = nn.Module()
+            level = Stage()
             level.blocks = nn.ModuleList()
             for _ in range(num_res_blocks):
                 level.blocks.append(_ResBlock(c, base_channels * mult, emb_dim, dropout))

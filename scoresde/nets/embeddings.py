@@ -9,13 +9,19 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "SinusoidalEmbedding", "GaussianFourierEmbedding", "make_embedding", "ConditionEmbedding", "condition_embedding",
+    "SinusoidalEmbedding",
+    "GaussianFourierEmbedding",
+    "make_embedding",
+    "ConditionEmbedding",
+    "condition_embedding",
     "embed_condition",
 ]
 
 
 class SinusoidalEmbedding(nn.Module):
     """Transformer positional embedding of ``c_noise`` (DDPM; suited to ``999 t``)."""
+
+    freqs: Tensor
 
     def __init__(self, dim: int, max_positions: float = 10000.0) -> None:
         super().__init__()
@@ -32,6 +38,8 @@ class SinusoidalEmbedding(nn.Module):
 
 class GaussianFourierEmbedding(nn.Module):
     """Random Fourier features ``[sin 2πWc, cos 2πWc]``, ``W ~ N(0, scale²)`` fixed (NCSN++; suited to ``log sigma``)."""
+
+    W: Tensor
 
     def __init__(self, dim: int, scale: float = 16.0, seed: int = 0) -> None:
         super().__init__()
@@ -72,7 +80,7 @@ class ConditionEmbedding(nn.Module):
         self.num_classes, self.cond_dim = num_classes, cond_dim
         if num_classes is not None:
             self.table = nn.Embedding(num_classes + 1, dim)  # row num_classes: the null label
-        else:
+        elif cond_dim is not None:
             self.proj = nn.Linear(cond_dim, dim)
             self.null = nn.Parameter(torch.zeros(dim))
 
@@ -82,20 +90,25 @@ class ConditionEmbedding(nn.Module):
         if y is None:
             return self.null.expand(batch, -1)
         if y.shape != (batch, self.cond_dim) or not y.is_floating_point():
-            raise ValueError(f"condition must be floats shaped ({batch}, {self.cond_dim}), got {tuple(y.shape)} {y.dtype}")
+            raise ValueError(
+                f"condition must be floats shaped ({batch}, {self.cond_dim}), got {tuple(y.shape)} {y.dtype}"
+            )
         null = y.isnan().all(1, keepdim=True)
         return torch.where(null, self.null.to(y.dtype), self.proj(torch.nan_to_num(y)))
 
     def _labels(self, y: Tensor | None, batch: int) -> Tensor:
-        device = self.table.weight.device
+        device, k = self.table.weight.device, self.num_classes
+        assert k is not None  # a label table exists only for num_classes
         if y is None:
-            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+            return torch.full((batch,), k, dtype=torch.long, device=device)
         if y.shape != (batch,) or y.is_floating_point():
             raise ValueError(f"class labels must be integers shaped ({batch},), got {tuple(y.shape)} {y.dtype}")
-        if bool(((y < -1) | (y >= self.num_classes)).any()):
-            raise ValueError(f"class labels must lie in [0, {self.num_classes}) (or be -1, the null label); got "
-                             f"{sorted(set(y.tolist()))[:10]}")
-        return torch.where(y < 0, self.num_classes, y).long()
+        if bool(((y < -1) | (y >= k)).any()):
+            raise ValueError(
+                f"class labels must lie in [0, {self.num_classes}) (or be -1, the null label); got "
+                f"{sorted(set(y.tolist()))[:10]}"
+            )
+        return torch.where(y < 0, k, y).long()
 
 
 def condition_embedding(dim: int, num_classes: int | None, cond_dim: int | None) -> ConditionEmbedding | None:
@@ -108,6 +121,8 @@ def embed_condition(cond: ConditionEmbedding | None, y: Tensor | None, batch: in
     a condition)."""
     if cond is None:
         if y is not None:
-            raise ValueError("this network is unconditional (built without num_classes or cond_dim) but got a condition y")
+            raise ValueError(
+                "this network is unconditional (built without num_classes or cond_dim) but got a condition y"
+            )
         return 0.0
     return cond(y, batch)

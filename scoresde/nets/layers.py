@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "variance_scaling_", "residual_sum", "conv1x1", "conv3x3", "linear", "group_norm", "fir_kernel_2d", "upfirdn2d", "upsample_2d",
-    "downsample_2d", "FIRConv2d", "Upsample", "Downsample", "AttnBlock", "ResBlockDDPM", "ResBlockBigGAN", "Combine",
+    "variance_scaling_",
+    "residual_sum",
+    "conv1x1",
+    "conv3x3",
+    "linear",
+    "group_norm",
+    "fir_kernel_2d",
+    "upfirdn2d",
+    "upsample_2d",
+    "downsample_2d",
+    "FIRConv2d",
+    "Upsample",
+    "Downsample",
+    "AttnBlock",
+    "ResBlockDDPM",
+    "ResBlockBigGAN",
+    "Combine",
 ]
 
 
@@ -32,7 +48,10 @@ def variance_scaling_(weight: Tensor, scale: float = 1.0) -> Tensor:
         return weight.uniform_(-bound, bound)
 
 
-def _init(layer: nn.Conv2d | nn.Linear, init_scale: float) -> nn.Module:
+_Layer = TypeVar("_Layer", nn.Conv2d, nn.Linear)
+
+
+def _init(layer: _Layer, init_scale: float) -> _Layer:
     variance_scaling_(layer.weight, init_scale)
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
@@ -93,12 +112,31 @@ def downsample_2d(x: Tensor, kernel: Tensor, factor: int = 2) -> Tensor:
     return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
 
 
+class Stage(nn.Module):
+    """A container of the layers at one resolution of a U-Net (blocks, attention, resampling, pyramid), set as
+    attributes whose names are the checkpoint's keys. Which of them exist depends on the configuration, so they are
+    read as ``Any``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return super().__getattr__(name)
+
+
 class FIRConv2d(nn.Module):
     """A 3×3 convolution fused with FIR up- or downsampling by 2 (StyleGAN2's ``upsample_conv_2d`` /
     ``conv_downsample_2d``): transposed convolution then filter, or filter then strided convolution."""
 
-    def __init__(self, c_in: int, c_out: int, fir_kernel: Sequence[float], up: bool = False, down: bool = False,
-                 kernel_size: int = 3, init_scale: float = 1.0) -> None:
+    fir: Tensor
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        fir_kernel: Sequence[float],
+        up: bool = False,
+        down: bool = False,
+        kernel_size: int = 3,
+        init_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         if up == down:
             raise ValueError("FIRConv2d resamples: set exactly one of up, down")
@@ -126,8 +164,16 @@ class _Resample(nn.Module):
 
     up: bool
 
-    def __init__(self, c_in: int, c_out: int | None = None, with_conv: bool = False, fir: bool = False,
-                 fir_kernel: Sequence[float] = (1, 3, 3, 1)) -> None:
+    kernel: Tensor
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int | None = None,
+        with_conv: bool = False,
+        fir: bool = False,
+        fir_kernel: Sequence[float] = (1, 3, 3, 1),
+    ) -> None:
         super().__init__()
         c_out = c_out or c_in
         if not with_conv and c_out != c_in:
@@ -180,7 +226,9 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, skip_rescale: bool = False, init_scale: float = 0.0) -> None:
         super().__init__()
         self.norm = group_norm(channels)
-        self.qkv = conv1x1(channels, 3 * channels, init_scale=0.1)  # the reference's three NIN layers (scale 0.1), fused
+        self.qkv = conv1x1(
+            channels, 3 * channels, init_scale=0.1
+        )  # the reference's three NIN layers (scale 0.1), fused
         self.out = conv1x1(channels, channels, init_scale=init_scale)
         self.skip_rescale = skip_rescale
 
@@ -194,8 +242,15 @@ class AttnBlock(nn.Module):
 class ResBlockDDPM(nn.Module):
     """DDPM's residual block with the noise embedding added after the first convolution (DDPM++)."""
 
-    def __init__(self, c_in: int, c_out: int | None, temb_dim: int, dropout: float = 0.1, skip_rescale: bool = False,
-                 init_scale: float = 0.0) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int | None,
+        temb_dim: int,
+        dropout: float = 0.1,
+        skip_rescale: bool = False,
+        init_scale: float = 0.0,
+    ) -> None:
         super().__init__()
         c_out = c_out or c_in
         self.norm1, self.conv1 = group_norm(c_in), conv3x3(c_in, c_out)
@@ -214,9 +269,21 @@ class ResBlockDDPM(nn.Module):
 class ResBlockBigGAN(nn.Module):
     """BigGAN-style residual block that can also up- or downsample (FIR or nearest / average pooling)."""
 
-    def __init__(self, c_in: int, c_out: int | None, temb_dim: int, dropout: float = 0.1, up: bool = False,
-                 down: bool = False, fir: bool = False, fir_kernel: Sequence[float] = (1, 3, 3, 1),
-                 skip_rescale: bool = True, init_scale: float = 0.0) -> None:
+    kernel: Tensor
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int | None,
+        temb_dim: int,
+        dropout: float = 0.1,
+        up: bool = False,
+        down: bool = False,
+        fir: bool = False,
+        fir_kernel: Sequence[float] = (1, 3, 3, 1),
+        skip_rescale: bool = True,
+        init_scale: float = 0.0,
+    ) -> None:
         super().__init__()
         c_out = c_out or c_in
         self.up, self.down, self.fir = up, down, fir

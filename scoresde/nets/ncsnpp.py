@@ -24,7 +24,17 @@ from torch import Tensor, nn
 
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding, condition_embedding, embed_condition
 from .layers import (
-    AttnBlock, Combine, Downsample, ResBlockBigGAN, ResBlockDDPM, Upsample, conv3x3, group_norm, linear, residual_sum,
+    AttnBlock,
+    Combine,
+    Downsample,
+    ResBlockBigGAN,
+    ResBlockDDPM,
+    Stage,
+    Upsample,
+    conv3x3,
+    group_norm,
+    linear,
+    residual_sum,
 )
 
 __all__ = ["NCSNpp", "DDPMpp", "paper_config", "PAPER_CONFIGS", "count_parameters"]
@@ -93,10 +103,12 @@ class NCSNpp(nn.Module):
         temb_dim = 4 * nf
 
         # noise embedding → two dense layers (the reference's 4 nf wide "temb")
-        self.embed = (GaussianFourierEmbedding(2 * nf, scale=fourier_scale) if embedding == "fourier"
-                      else SinusoidalEmbedding(nf))
-        self.temb = nn.Sequential(linear(2 * nf if embedding == "fourier" else nf, temb_dim), nn.SiLU(),
-                                  linear(temb_dim, temb_dim))
+        self.embed = (
+            GaussianFourierEmbedding(2 * nf, scale=fourier_scale) if embedding == "fourier" else SinusoidalEmbedding(nf)
+        )
+        self.temb = nn.Sequential(
+            linear(2 * nf if embedding == "fourier" else nf, temb_dim), nn.SiLU(), linear(temb_dim, temb_dim)
+        )
         self.cond = condition_embedding(temb_dim, num_classes, cond_dim)
         self.num_classes = num_classes
 
@@ -113,7 +125,7 @@ class NCSNpp(nn.Module):
         skips, c, c_pyr = [nf], nf, in_channels
         self.down = nn.ModuleList()
         for level, mult in enumerate(ch_mult):
-            stage = nn.Module()
+            stage = Stage()
             stage.blocks, stage.attn = nn.ModuleList(), nn.ModuleList()
             for _ in range(num_res_blocks):
                 stage.blocks.append(resblock(c, nf * mult))
@@ -122,8 +134,11 @@ class NCSNpp(nn.Module):
                     stage.attn.append(attn(c))
                 skips.append(c)
             if level < self.levels - 1:
-                stage.downsample = (Downsample(c, with_conv=resamp_with_conv, fir=fir, fir_kernel=fir_kernel)
-                                    if resblock_type == "ddpm" else resblock(c, down=True))
+                stage.downsample = (
+                    Downsample(c, with_conv=resamp_with_conv, fir=fir, fir_kernel=fir_kernel)
+                    if resblock_type == "ddpm"
+                    else resblock(c, down=True)
+                )
                 if progressive_input == "input_skip":
                     stage.pyramid_down = Downsample(c_pyr, fir=fir, fir_kernel=fir_kernel)
                     stage.combine = Combine(c_pyr, c, progressive_combine)
@@ -140,7 +155,7 @@ class NCSNpp(nn.Module):
         self.up = nn.ModuleList()
         c_pyr = 0
         for level in reversed(range(self.levels)):
-            stage = nn.Module()
+            stage = Stage()
             stage.blocks = nn.ModuleList()
             for _ in range(num_res_blocks + 1):
                 stage.blocks.append(resblock(c + skips.pop(), nf * ch_mult[level]))
@@ -155,8 +170,11 @@ class NCSNpp(nn.Module):
                     stage.pyramid = Upsample(c_pyr, c, with_conv=True, fir=fir, fir_kernel=fir_kernel)
                 c_pyr = c
             if level > 0:
-                stage.upsample = (Upsample(c, with_conv=resamp_with_conv, fir=fir, fir_kernel=fir_kernel)
-                                  if resblock_type == "ddpm" else resblock(c, up=True))
+                stage.upsample = (
+                    Upsample(c, with_conv=resamp_with_conv, fir=fir, fir_kernel=fir_kernel)
+                    if resblock_type == "ddpm"
+                    else resblock(c, up=True)
+                )
             self.up.append(stage)
         assert not skips
         if progressive == "output_skip":
@@ -166,9 +184,16 @@ class NCSNpp(nn.Module):
 
     def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
         """``x: (B, C, H, W)`` with ``H = W = image_size``, ``c_noise: (B,)``, condition ``y`` → ``(B, C, H, W)``."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            raise ValueError(f"{type(self).__name__} expects images (B, {self.in_channels}, {self.image_size}, "
-                             f"{self.image_size}), got shape {tuple(x.shape)}")
+        if (
+            x.ndim != 4
+            or x.shape[1] != self.in_channels
+            or x.shape[-1] != self.image_size
+            or x.shape[-2] != self.image_size
+        ):
+            raise ValueError(
+                f"{type(self).__name__} expects images (B, {self.in_channels}, {self.image_size}, "
+                f"{self.image_size}), got shape {tuple(x.shape)}"
+            )
         temb = self.temb(self.embed(c_noise)) + embed_condition(self.cond, y, x.shape[0])
         if not self.centered:
             x = 2 * x - 1  # data in [0, 1] → [-1, 1]
@@ -240,8 +265,10 @@ def _check_options(o: dict[str, Any]) -> None:
         raise ValueError("NCSNpp needs in_channels, nf, num_res_blocks >= 1 and a non-empty ch_mult")
     levels = len(o["ch_mult"])
     if o["image_size"] % 2 ** (levels - 1):
-        raise ValueError(f"image_size {o['image_size']} is not divisible by 2^{levels - 1} "
-                         f"(ch_mult has {levels} resolutions); use fewer levels or pad the images")
+        raise ValueError(
+            f"image_size {o['image_size']} is not divisible by 2^{levels - 1} "
+            f"(ch_mult has {levels} resolutions); use fewer levels or pad the images"
+        )
     if o["nf"] % 2:
         raise ValueError(f"nf must be even (the embeddings split it into sin and cos), got {o['nf']}")
     resolutions = {o["image_size"] // 2**i for i in range(levels)}

@@ -66,7 +66,9 @@ class UNet(nn.Module):
         if in_channels < 1 or base_channels < 1 or not channel_mult or num_res_blocks < 1:
             raise ValueError("UNet needs in_channels, base_channels, num_res_blocks >= 1 and a non-empty channel_mult")
         self.in_channels, self.levels = in_channels, len(channel_mult)
-        self.embed = nn.Sequential(make_embedding(embedding, emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.embed = nn.Sequential(
+            make_embedding(embedding, emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         self.cond = condition_embedding(emb_dim, num_classes, cond_dim)
         self.num_classes = num_classes
         self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
@@ -88,7 +90,9 @@ class UNet(nn.Module):
                 self.up.append(_ResBlock(c + skips.pop(), ch, emb_dim, dropout))
                 c = ch
             if i > 0:
-                self.upsample.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
+                self.upsample.append(
+                    nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1))
+                )
         self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
         self._blocks_per_level = num_res_blocks
 
@@ -98,7 +102,9 @@ class UNet(nn.Module):
             raise ValueError(f"UNet expects images (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         f = 2 ** (self.levels - 1)
         if x.shape[-1] % f or x.shape[-2] % f:
-            raise ValueError(f"UNet with {self.levels} levels needs H and W divisible by {f}, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"UNet with {self.levels} levels needs H and W divisible by {f}, got {tuple(x.shape[-2:])}"
+            )
         e = self.embed(c_noise) + embed_condition(self.cond, y, x.shape[0])
         h = self.inp(x)
         hs = [h]
@@ -119,4 +125,3 @@ class UNet(nn.Module):
             if level < self.levels - 1:
                 h = self.upsample[level](h)
         return self.out(h)
-

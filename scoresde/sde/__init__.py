@@ -4,8 +4,8 @@ from .base import SDE as SDE
 from .base import ProbabilityFlowODE as ProbabilityFlowODE
 from .base import ReverseSDE as ReverseSDE
 from .ve import VESDE as VESDE
-from .vp import SubVPSDE as SubVPSDE
 from .vp import VPSDE as VPSDE
+from .vp import SubVPSDE as SubVPSDE
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 """SDE classes by short name."""

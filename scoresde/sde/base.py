@@ -149,11 +149,11 @@ class SDE(abc.ABC):
         f = append_dims(a - 1, x.ndim).to(x.dtype) * x
         return f, G2.sqrt()
 
-    def reverse(self, score_fn: ScoreFn) -> "ReverseSDE":
+    def reverse(self, score_fn: ScoreFn) -> ReverseSDE:
         """The reverse-time SDE driven by ``score_fn`` (eq. 6)."""
         return ReverseSDE(self, score_fn)
 
-    def probability_flow(self, score_fn: ScoreFn) -> "ProbabilityFlowODE":
+    def probability_flow(self, score_fn: ScoreFn) -> ProbabilityFlowODE:
         """The probability-flow ODE driven by ``score_fn`` (eq. 13)."""
         return ProbabilityFlowODE(self, score_fn)
 

@@ -28,7 +28,9 @@ class VPSDE(SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0) -> None:
         if not 0 <= beta_min < beta_max:
-            raise ValueError(f"{type(self).__name__} needs 0 <= beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+            raise ValueError(
+                f"{type(self).__name__} needs 0 <= beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}"
+            )
         if not T > 0:
             raise ValueError(f"{type(self).__name__} needs T > 0, got T={T}")
         self.beta_min, self.beta_max, self.T = float(beta_min), float(beta_max), float(T)

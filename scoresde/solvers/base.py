@@ -27,8 +27,16 @@ from .._typing import NoiseFn, ScoreFn
 from ..sde import SDE
 
 __all__ = [
-    "Solver", "State", "Step", "SolverSDEIncompatible", "StepCallback", "IntegratorSolver", "Coefficients",
-    "diffusion_at", "tvec", "eps_and_x0",
+    "Solver",
+    "State",
+    "Step",
+    "SolverSDEIncompatible",
+    "StepCallback",
+    "IntegratorSolver",
+    "Coefficients",
+    "diffusion_at",
+    "tvec",
+    "eps_and_x0",
 ]
 
 
@@ -157,6 +165,7 @@ class Solver(abc.ABC):
     """Strong (pathwise) order, for SDE solvers."""
     requires: ClassVar[tuple[str, ...]] = ()
     """SDE methods the step needs beyond the basic ones."""
+
     @property
     def per_sample_noise(self) -> bool:
         """Whether all randomness comes through the ``noise`` hook (one stream per sample, so samples do not depend
@@ -198,7 +207,9 @@ class Solver(abc.ABC):
     def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
         """Advance ``state`` from time ``ctx.now.t`` to ``ctx.next.t`` (see the class docstring)."""
 
-    def steps(self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn) -> Iterator[tuple[Step, State]]:
+    def steps(
+        self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn
+    ) -> Iterator[tuple[Step, State]]:
         """Yield ``(ctx, state)`` after every step of the decreasing float64 grid ``timesteps: (N + 1,)``, starting
         from ``x = x_{t_0}``: the iterator form for users who bring their own loop."""
         state = State(x=x)
@@ -240,7 +251,9 @@ class IntegratorSolver(Solver):
     ) -> Tensor:
         """States ``(K, B, *D)`` at every time of ``timesteps`` (``every_step``) or at its two ends (``K = 2``)."""
 
-    def steps(self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn) -> Iterator[tuple[Step, State]]:
+    def steps(
+        self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn
+    ) -> Iterator[tuple[Step, State]]:
         ys = self.integrate(score_fn, sde, x, timesteps, noise, every_step=True)
         for ctx in grid_steps(sde, timesteps, noise):
             yield ctx, State(ys[ctx.index + 1])

@@ -49,7 +49,9 @@ class Corrector(abc.ABC):
     def step_size(self, score: Tensor, z: Tensor, ct: Coefficients, alpha_i: float) -> Tensor:
         """Langevin step size ``epsilon``: a float tensor broadcastable to ``score``."""
 
-    def correct(self, score_fn: ScoreFn, sde: SDE, x: Tensor, ct: Coefficients, cn: Coefficients, noise: NoiseFn) -> Tensor:
+    def correct(
+        self, score_fn: ScoreFn, sde: SDE, x: Tensor, ct: Coefficients, cn: Coefficients, noise: NoiseFn
+    ) -> Tensor:
         """``n_steps`` moves ``x ← x + eps s(x, t) + sqrt(2 eps) z`` at time ``ct.t``: ``(B, *D)``.
 
         ``alpha_i = (alpha_t / alpha_{t_next})²`` is DDPM's ``1 - beta_i`` for VP and sub-VP, and 1 for VE.

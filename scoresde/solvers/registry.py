@@ -109,7 +109,9 @@ def _build(obj: Any, options: dict[str, Any], registry: dict[str, Any], base: ty
         elif part_kind == "solver":
             options[part] = get_solver(spec if spec is not None else _default_name(cls, part, SOLVERS), **part_options)
         else:
-            options[part] = get_corrector(spec if spec is not None else _default_name(cls, part, CORRECTORS), **part_options)
+            options[part] = get_corrector(
+                spec if spec is not None else _default_name(cls, part, CORRECTORS), **part_options
+            )
     return cls(**options)
 
 

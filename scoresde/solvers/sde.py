@@ -66,8 +66,8 @@ class ReverseDiffusion(Solver):
         ct, cn = ctx.now, ctx.next
         x = state.x
         one = torch.ones_like(x[:1])
-        A, G = sde.discretize(one, tvec(one, ct.t), tvec(one, cn.t))
-        G = float(G[0])
+        A, G_t = sde.discretize(one, tvec(one, ct.t), tvec(one, cn.t))
+        G = float(G_t[0])
         score = score_fn(x, tvec(x, ct.t))
         x_mean = x - A * x + G**2 * score
         x0 = (x + ct.sigma**2 * score) / ct.alpha  # Tweedie

@@ -22,7 +22,6 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import yaml
@@ -30,15 +29,32 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ..._utils import atomic_path, file_digest
+import lightning as L
+
+from ..._utils import atomic_path
 from ..classifier import ClassifierModule
 from ..data import TensorDataModule
 from ..module import ScoreModule
 
 __all__ = [
-    "option", "DeviceOptions", "build_parser", "parse_config", "parse_with_solver_options", "manifest_record", "check_manifest", "record_run",
-    "load_model", "load_classifier", "load_data", "split_of", "predict_trainer", "check_sizes",
-    "ShardTask", "shard_path", "run_shards", "read_shards",
+    "option",
+    "DeviceOptions",
+    "build_parser",
+    "parse_config",
+    "parse_with_solver_options",
+    "manifest_record",
+    "check_manifest",
+    "record_run",
+    "load_model",
+    "load_classifier",
+    "load_data",
+    "split_of",
+    "predict_trainer",
+    "check_sizes",
+    "ShardTask",
+    "shard_path",
+    "run_shards",
+    "read_shards",
 ]
 
 
@@ -86,7 +102,9 @@ def build_parser(config: type, prog: str, description: str) -> ArgumentParser:
 C = typing.TypeVar("C")
 
 
-def parse_config(config: type[C], parser: ArgumentParser, argv: Sequence[str], extra: dict[str, Any] | None = None) -> C:
+def parse_config(
+    config: type[C], parser: ArgumentParser, argv: Sequence[str], extra: dict[str, Any] | None = None
+) -> C:
     """``argv`` parsed into an instance of ``config`` (``extra``: fields set by the caller, e.g. solver options)."""
     values = parser.parse_args(list(argv)).as_dict()
     values.pop("config", None)
@@ -153,7 +171,9 @@ def check_manifest(manifest: Path, record: dict[str, Any], what: str) -> None:
         old = json.loads(manifest.read_text())
         if old != record:
             diff = sorted(k for k in {*record, *old} if old.get(k) != record.get(k))
-            raise ValueError(f"{manifest.parent} holds {what} with other settings ({', '.join(diff)} differ); use a new --out")
+            raise ValueError(
+                f"{manifest.parent} holds {what} with other settings ({', '.join(diff)} differ); use a new --out"
+            )
 
 
 def record_run(manifest: Path, record: dict[str, Any], is_global_zero: bool) -> None:
@@ -167,7 +187,9 @@ def record_run(manifest: Path, record: dict[str, Any], is_global_zero: bool) -> 
 def _check_ckpt(ckpt: str | Path) -> Path:
     path = Path(ckpt)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; `scoresde fit` writes them under <default_root_dir>/checkpoints/")
+        raise FileNotFoundError(
+            f"checkpoint {path} not found; `scoresde fit` writes them under <default_root_dir>/checkpoints/"
+        )
     return path
 
 
@@ -185,7 +207,9 @@ def load_classifier(ckpt: str | Path, device: torch.device | str = "cpu") -> Cla
     path = _check_ckpt(ckpt)
     hparams = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
     if "label_dropout" in hparams or "prediction" in hparams:
-        raise ValueError(f"{path} is a score model checkpoint; --classifier takes one written by `scoresde classifier fit`")
+        raise ValueError(
+            f"{path} is a score model checkpoint; --classifier takes one written by `scoresde classifier fit`"
+        )
     return ClassifierModule.load_from_checkpoint(path, map_location=device, weights_only=False).eval()
 
 
@@ -213,9 +237,13 @@ def _spec(data: str) -> dict[str, Any]:
 def load_data(data: str | None, ckpt: str | Path) -> TensorDataModule:
     """The DataModule named by ``--data``, or (``None``) the one recorded in the checkpoint."""
     if data is None:
-        hparams = torch.load(_check_ckpt(ckpt), map_location="cpu", weights_only=False).get("datamodule_hyper_parameters")
+        hparams = torch.load(_check_ckpt(ckpt), map_location="cpu", weights_only=False).get(
+            "datamodule_hyper_parameters"
+        )
         if not hparams:
-            raise ValueError(f"{ckpt} records no DataModule (trained outside the CLI, or by an older version); pass --data, e.g. the experiment YAML")
+            raise ValueError(
+                f"{ckpt} records no DataModule (trained outside the CLI, or by an older version); pass --data, e.g. the experiment YAML"
+            )
         dm = L.LightningDataModule.load_from_checkpoint(ckpt, weights_only=False)
     else:
         spec = _spec(data)
@@ -225,7 +253,9 @@ def load_data(data: str | None, ckpt: str | Path) -> TensorDataModule:
             raise ValueError(f"--data: no class {spec['class_path']!r} (the built-in ones live in scoresde.lightning)")
         dm = cls(**(spec.get("init_args") or {}))
     if not isinstance(dm, TensorDataModule):
-        raise ValueError(f"--data must be a scoresde TensorDataModule (raw splits and a transform), got {type(dm).__name__}")
+        raise ValueError(
+            f"--data must be a scoresde TensorDataModule (raw splits and a transform), got {type(dm).__name__}"
+        )
     return dm
 
 
@@ -243,8 +273,14 @@ def predict_trainer(cfg: DeviceOptions, **options: Any) -> L.Trainer:
     ``options`` go to ``L.Trainer`` (e.g. ``precision``, ``inference_mode``)."""
     devices: int | str = int(cfg.devices) if cfg.devices.isdigit() else cfg.devices  # a count, or "auto" / "0,1"
     return L.Trainer(
-        accelerator=cfg.accelerator, devices=devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
-        logger=False, enable_progress_bar=cfg.progress, enable_model_summary=False, **options,
+        accelerator=cfg.accelerator,
+        devices=devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        logger=False,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        **options,
     )
 
 

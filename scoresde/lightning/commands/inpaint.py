@@ -32,8 +32,21 @@ from ...noise import derive_seeds
 from ...solvers import SOLVERS, get_solver
 from ..module import ScoreModule
 from ._common import (
-    DeviceOptions, ShardTask, build_parser, check_manifest, check_sizes, load_data, load_model, manifest_record, option,
-    parse_with_solver_options, predict_trainer, read_shards, record_run, run_shards, split_of,
+    DeviceOptions,
+    ShardTask,
+    build_parser,
+    check_manifest,
+    check_sizes,
+    load_data,
+    load_model,
+    manifest_record,
+    option,
+    parse_with_solver_options,
+    predict_trainer,
+    read_shards,
+    record_run,
+    run_shards,
+    split_of,
 )
 
 __all__ = ["InpaintConfig", "inpaint_command", "run_inpainting", "load_mask", "NAMED_MASKS"]
@@ -85,7 +98,7 @@ def load_mask(spec: str, data_shape: Sequence[int]) -> Tensor:
         raise FileNotFoundError(f"--mask {spec!r} is neither a named mask ({', '.join(NAMED_MASKS)}) nor a file")
     if path.suffix in (".npy", ".npz"):
         loaded = np.load(path, allow_pickle=False)
-        arr = loaded if isinstance(loaded, np.ndarray) else loaded[list(loaded.keys())[0]]
+        arr = loaded if isinstance(loaded, np.ndarray) else loaded[next(iter(loaded.keys()))]
     else:
         from PIL import Image
 
@@ -105,7 +118,9 @@ def _observation(cfg: InpaintConfig, data_shape: Sequence[int]) -> tuple[Observa
     """The observation and a mask for pictures (1: shown as observed)."""
     if cfg.task == "colorize":
         if len(data_shape) != 3 or data_shape[0] < 2:
-            raise ValueError(f"--task colorize needs colour images (C >= 2, H, W); the data have shape {tuple(data_shape)}")
+            raise ValueError(
+                f"--task colorize needs colour images (C >= 2, H, W); the data have shape {tuple(data_shape)}"
+            )
         return GrayObservation(), torch.ones(*data_shape)
     if cfg.task != "inpaint":
         raise ValueError(f"--task must be inpaint or colorize, got {cfg.task!r}")
@@ -116,7 +131,9 @@ def _observation(cfg: InpaintConfig, data_shape: Sequence[int]) -> tuple[Observa
 class InpaintingTask(ShardTask):
     """Completes ``raw[j]`` with the seed ``derive_seeds(seed, j)`` for ``Trainer.predict``, a shard at a time."""
 
-    def __init__(self, model: ScoreModule, raw: Tensor, observation: Observation, cfg: InpaintConfig, out: Path) -> None:
+    def __init__(
+        self, model: ScoreModule, raw: Tensor, observation: Observation, cfg: InpaintConfig, out: Path
+    ) -> None:
         super().__init__(len(raw), cfg.batch_size, out)
         self.model, self.raw, self.observation, self.cfg = model, raw, observation, cfg
 
@@ -125,10 +142,17 @@ class InpaintingTask(ShardTask):
         # the data in model space (bin centres; the observation does not need dequantization noise)
         y = self.model.transform.forward(raw, u=torch.full(raw.shape, 0.5)).to(self.device)
         res = inpaint(
-            self.model.score_model, self.model.sde, y, self.observation,
-            method=self.cfg.method, resample=self.cfg.resample, solver=self.cfg.solver,
-            steps=self.cfg.steps, solver_options=self.cfg.options,
-            seeds=derive_seeds(self.cfg.seed, start, count, device=self.device), device=self.device,
+            self.model.score_model,
+            self.model.sde,
+            y,
+            self.observation,
+            method=self.cfg.method,
+            resample=self.cfg.resample,
+            solver=self.cfg.solver,
+            steps=self.cfg.steps,
+            solver_options=self.cfg.options,
+            seeds=derive_seeds(self.cfg.seed, start, count, device=self.device),
+            device=self.device,
         )
         return {"samples": self.model.transform.inverse(res.x.cpu()).numpy(), "nfe": np.asarray(res.nfe)}
 
@@ -145,7 +169,9 @@ def run_inpainting(cfg: InpaintConfig) -> Path | None:
     observation, mask = _observation(cfg, model.data_shape)
     raw = split_of(load_data(cfg.data, ckpt), cfg.split)[: cfg.n]
     if tuple(raw.shape[1:]) != tuple(model.data_shape):
-        raise ValueError(f"the data have shape {tuple(raw.shape[1:])} but the model was trained on {tuple(model.data_shape)}")
+        raise ValueError(
+            f"the data have shape {tuple(raw.shape[1:])} but the model was trained on {tuple(model.data_shape)}"
+        )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     record = manifest_record(cfg, n=len(raw), ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt))
@@ -165,14 +191,20 @@ def _merge(model: ScoreModule, raw: Tensor, mask: Tensor, cfg: InpaintConfig, ou
     final = out / "inpainted.npz"
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, originals=raw.numpy(), samples=samples, mask=mask.numpy(), nfe=int(merged["nfe"][0]))
-    originals, completed = model.transform.raw_to_unit(raw[:64]), model.transform.raw_to_unit(torch.as_tensor(samples[:64]))
+    originals, completed = (
+        model.transform.raw_to_unit(raw[:64]),
+        model.transform.raw_to_unit(torch.as_tensor(samples[:64])),
+    )
     if cfg.task == "colorize":
         observed = originals.mean(1, keepdim=True).expand_as(originals)
     else:
         observed = originals * mask + 0.5 * (1 - mask)  # unknown pixels in mid grey
     name = cfg.task if cfg.task == "colorize" else f"{cfg.method}, {cfg.mask} masked"
-    plotting.image_panels([("originals", originals), ("observed", observed), ("completed", completed)],
-                          out / "inpainted.png", title=f"{len(samples)} images, {name}")
+    plotting.image_panels(
+        [("originals", originals), ("observed", observed), ("completed", completed)],
+        out / "inpainted.png",
+        title=f"{len(samples)} images, {name}",
+    )
     print(f"wrote {len(samples)} completions ({cfg.task}, {cfg.method}) to {final}")
     return final
 

@@ -87,7 +87,9 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
     runs = [(kind, tau) for kind in cfg.kinds for tau in cfg.temperatures]
     for kind, tau in tqdm(runs, desc="paths (decode + bits/dim)", disable=not cfg.progress):
         with torch.no_grad():
-            path = interpolate(score, sde, x[0::2], x[1::2], M, kind=kind, temperature=tau, z0=z[0::2], z1=z[1::2], **ode)
+            path = interpolate(
+                score, sde, x[0::2], x[1::2], M, kind=kind, temperature=tau, z0=z[0::2], z1=z[1::2], **ode
+            )
         flat = path.x.reshape(K * M, *x.shape[1:])
         seeds = index_seeds(cfg.seed + 1, torch.arange(K * M))
         res = log_likelihood(score, sde, flat, trace=trace, noise=PerSampleNoise(seeds), **ode)
@@ -100,8 +102,16 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     weights = path.weights.numpy()
     with atomic_path(out / "interpolation.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, labels=np.array(labels), x=torch.stack(decoded).numpy(), z=torch.stack(latents).numpy(),
-                 weights=weights, bpd=np.stack(bpd), endpoints=x.cpu().numpy(), roundtrip_rel_error=roundtrip)
+        np.savez(
+            fh,
+            labels=np.array(labels),
+            x=torch.stack(decoded).numpy(),
+            z=torch.stack(latents).numpy(),
+            weights=weights,
+            bpd=np.stack(bpd),
+            endpoints=x.cpu().numpy(),
+            roundtrip_rel_error=roundtrip,
+        )
     with atomic_path(out / "interpolation.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["interpolation", "pair", "step", "weight", "bits_per_dim"])
@@ -111,8 +121,12 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
                     w.writerow([label, k, m, f"{weights[m]:.6g}", f"{b[k, m]:.6f}"])
     data = _display(tf, tf.forward(raw[:4000])) if dim == 2 else None
     plotting.plot_interpolation(
-        {lab: _display(tf, d) for lab, d in zip(labels, decoded)}, dict(zip(labels, bpd)), weights,
-        out / "interpolation.png", data=data, title=f"{K} pairs × {M} points, {cfg.split} split",
+        {lab: _display(tf, d) for lab, d in zip(labels, decoded)},
+        dict(zip(labels, bpd)),
+        weights,
+        out / "interpolation.png",
+        data=data,
+        title=f"{K} pairs × {M} points, {cfg.split} split",
     )
     summary = {
         "roundtrip_rel_error_max": float(roundtrip.max()),

@@ -39,11 +39,30 @@ from ...noise import PerSampleNoise, index_seeds
 from ...transforms import DataTransform
 from ..module import ScoreModule
 from ._common import (
-    DeviceOptions, ShardTask, build_parser, check_manifest, load_data, load_model, manifest_record, option, parse_config,
-    predict_trainer, read_shards, record_run, run_shards, split_of,
+    DeviceOptions,
+    ShardTask,
+    build_parser,
+    check_manifest,
+    load_data,
+    load_model,
+    manifest_record,
+    option,
+    parse_config,
+    predict_trainer,
+    read_shards,
+    record_run,
+    run_shards,
+    split_of,
 )
 
-__all__ = ["LikelihoodConfig", "likelihood_command", "run_likelihood", "LikelihoodTask", "gaussian_baseline", "summarize"]
+__all__ = [
+    "LikelihoodConfig",
+    "likelihood_command",
+    "run_likelihood",
+    "LikelihoodTask",
+    "gaussian_baseline",
+    "summarize",
+]
 
 
 @dataclass(kw_only=True)
@@ -52,7 +71,9 @@ class LikelihoodConfig(DeviceOptions):
 
     ckpt: str = option(help="checkpoint written by `scoresde fit` (EMA weights)")
     data: str | None = option(
-        None, "experiment YAML, DataModule class name or '{class_path: ..., init_args: ...}' (default: the checkpoint's)")
+        None,
+        "experiment YAML, DataModule class name or '{class_path: ..., init_args: ...}' (default: the checkpoint's)",
+    )
     split: str = option("test", "train, val or test")
     limit: int | None = option(None, "use only the first N points of the split")
     trace: str = option("auto", "exact, hutchinson, or auto (exact up to 16 dims)")
@@ -77,8 +98,9 @@ class LikelihoodTask(ShardTask):
     points of ``raw``, solved as one system; blocks are the same whatever the number of processes, so every point gets
     the same value on 1 or N of them."""
 
-    def __init__(self, model: ScoreModule, transform: DataTransform, raw: Tensor, cfg: LikelihoodConfig, trace: str,
-                 parts: Path) -> None:
+    def __init__(
+        self, model: ScoreModule, transform: DataTransform, raw: Tensor, cfg: LikelihoodConfig, trace: str, parts: Path
+    ) -> None:
         super().__init__(len(raw), cfg.batch_size, parts)
         self.model, self.transform, self.raw, self.cfg, self.trace = model, transform, raw, cfg, trace
 
@@ -92,8 +114,17 @@ class LikelihoodTask(ShardTask):
             x = self.transform.forward_points(raw, index, _stream(cfg.seed, r))
             noise = PerSampleNoise(index_seeds(_stream(cfg.seed, r) + 1, index.to(self.device)))  # Hutchinson probes
             res = log_likelihood(
-                self.model.score_model, self.model.sde, x, t_eps=cfg.t_eps, method=cfg.method, rtol=cfg.rtol,
-                atol=cfg.atol, trace=self.trace, probe=cfg.probe, n_probes=cfg.n_probes, noise=noise,
+                self.model.score_model,
+                self.model.sde,
+                x,
+                t_eps=cfg.t_eps,
+                method=cfg.method,
+                rtol=cfg.rtol,
+                atol=cfg.atol,
+                trace=self.trace,
+                probe=cfg.probe,
+                n_probes=cfg.n_probes,
+                noise=noise,
             )
             for k, v in (("logp", res.logp), ("prior", res.prior), ("integral", res.integral)):
                 out[k].append(v.double().cpu().numpy())
@@ -107,8 +138,12 @@ def gaussian_baseline(transform: DataTransform, train: Tensor, raw: Tensor, seed
     draws as the model's run."""
     fit = transform.forward_points(train, torch.arange(len(train)), seed * 1_000_003 - 1)
     index, dim = torch.arange(len(raw)), raw[0].numel()
-    bpd = [nats_to_bits_per_dim(gaussian_logp(fit, transform.forward_points(raw, index, _stream(seed, r))), dim,
-                                transform.bpd_offset) for r in range(repeats)]
+    bpd = [
+        nats_to_bits_per_dim(
+            gaussian_logp(fit, transform.forward_points(raw, index, _stream(seed, r))), dim, transform.bpd_offset
+        )
+        for r in range(repeats)
+    ]
     return torch.stack(bpd, 1).numpy()
 
 
@@ -159,14 +194,21 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     if not run_shards(trainer, task):
         return None
     merged = read_shards(task.folder, task.shards)
-    merged["gaussian_bpd"] = gaussian_baseline(dm.transform, split_of(dm, "train"), raw, cfg.seed, merged["bpd"].shape[1])
+    merged["gaussian_bpd"] = gaussian_baseline(
+        dm.transform, split_of(dm, "train"), raw, cfg.seed, merged["bpd"].shape[1]
+    )
     target = getattr(dm, "target", None)
     if isinstance(target, GaussianMixture) and dm.transform.levels is None:  # data drawn from a known density
         merged["exact_bpd"] = (-target.log_prob(raw.double()) / (dim * math.log(2))).numpy()[:, None]
     with atomic_path(out / "likelihood.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **merged)
-    summary = {**summarize(merged), "offset": dm.transform.bpd_offset, "levels": dm.transform.levels, "trace": trace,
-               "split": cfg.split}
+    summary = {
+        **summarize(merged),
+        "offset": dm.transform.bpd_offset,
+        "levels": dm.transform.levels,
+        "trace": trace,
+        "split": cfg.split,
+    }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     print(_table(summary, dim))
@@ -175,15 +217,33 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
 
 def _table(s: dict[str, Any], dim: int) -> str:
     rows = [
-        ("split", f"{s['split']} ({s['n']} points × {s['repeats']} dequantization draws)" if s["levels"] is not None
-                  else f"{s['split']} ({s['n']} points, continuous data)"),
+        (
+            "split",
+            f"{s['split']} ({s['n']} points × {s['repeats']} dequantization draws)"
+            if s["levels"] is not None
+            else f"{s['split']} ({s['n']} points, continuous data)",
+        ),
         ("bits/dim", f"{s['bpd']:.4f} ± {s['bpd_stderr']:.4f} (s.e.)"),
-        ("Gaussian fit", f"{s['gaussian_bpd']:.4f} ± {s['gaussian_bpd_stderr']:.4f} (full covariance, fitted to train)"),
-        ("gain", f"{s['gain_over_gaussian']:.4f} ± {s['gain_over_gaussian_stderr']:.4f} bits/dim below the Gaussian "
-                 "(paired s.e.)"),
-        *([("exact", f"{s['exact_bpd']:.4f} ± {s['exact_bpd_stderr']:.4f} (the data's own density; the model is "
-                     f"{s['gap_to_exact']:.4f} ± {s['gap_to_exact_stderr']:.4f} above it, paired s.e.)")]
-          if "exact_bpd" in s else []),
+        (
+            "Gaussian fit",
+            f"{s['gaussian_bpd']:.4f} ± {s['gaussian_bpd_stderr']:.4f} (full covariance, fitted to train)",
+        ),
+        (
+            "gain",
+            f"{s['gain_over_gaussian']:.4f} ± {s['gain_over_gaussian_stderr']:.4f} bits/dim below the Gaussian "
+            "(paired s.e.)",
+        ),
+        *(
+            [
+                (
+                    "exact",
+                    f"{s['exact_bpd']:.4f} ± {s['exact_bpd_stderr']:.4f} (the data's own density; the model is "
+                    f"{s['gap_to_exact']:.4f} ± {s['gap_to_exact_stderr']:.4f} above it, paired s.e.)",
+                )
+            ]
+            if "exact_bpd" in s
+            else []
+        ),
         ("offset", f"{s['offset']:+.4f} bits/dim (from the data transform; D = {dim})"),
         ("trace", s["trace"]),
         ("NFE (mean)", f"{s['nfe']:.1f}"),

@@ -45,8 +45,20 @@ from ...solvers import SOLVERS, TIME_GRIDS, get_solver
 from ..classifier import ClassifierModule
 from ..module import ScoreModule
 from ._common import (
-    DeviceOptions, ShardTask, build_parser, check_manifest, check_sizes, load_classifier, load_model, manifest_record,
-    option, parse_with_solver_options, predict_trainer, read_shards, record_run, run_shards,
+    DeviceOptions,
+    ShardTask,
+    build_parser,
+    check_manifest,
+    check_sizes,
+    load_classifier,
+    load_model,
+    manifest_record,
+    option,
+    parse_with_solver_options,
+    predict_trainer,
+    read_shards,
+    record_run,
+    run_shards,
 )
 
 __all__ = ["SampleConfig", "sample_command", "run_sampling", "SamplingTask", "parse_classes"]
@@ -66,16 +78,21 @@ class SampleConfig(DeviceOptions):
     seed: int = option(0, "run seed; sample j uses derive_seeds(seed, j)")
     denoise: bool = option(False, "finish with Tweedie's denoising step")
     t_end: float | None = option(None, "end time (default: the SDE's sampling_eps)")
-    classes: str | None = option(None, "class to draw: one (3), a list (0,1,2) or all; sample j gets the (j mod k)-th", "--class")
+    classes: str | None = option(
+        None, "class to draw: one (3), a list (0,1,2) or all; sample j gets the (j mod k)-th", "--class"
+    )
     guidance_scale: float = option(
-        1.0, "classifier-free guidance scale w of a class-conditional model (1: conditional, 0: unconditional)",
-        "--guidance-scale")
+        1.0,
+        "classifier-free guidance scale w of a class-conditional model (1: conditional, 0: unconditional)",
+        "--guidance-scale",
+    )
     classifier: str | None = option(None, "checkpoint of `scoresde classifier fit`: classifier guidance")
     classifier_scale: float = option(1.0, "classifier guidance scale", "--classifier-scale")
     threshold: str | None = option(None, "static or dynamic thresholding of the data prediction")
     percentile: float = option(0.995, "dynamic thresholding percentile")
     threshold_range: list[float] | None = option(
-        None, "model-space data range [low, high] to threshold into (default: the dataset's)", "--threshold-range")
+        None, "model-space data range [low, high] to threshold into (default: the dataset's)", "--threshold-range"
+    )
     precision: str | None = option(None, "e.g. bf16-mixed (default: 32-bit)")
     out: str = option(help="output directory", result=False)
 
@@ -134,8 +151,14 @@ class SamplingTask(ShardTask):
     (``derive_seeds(seed, j)``) and, with ``classes``, sample ``j`` gets class ``classes[j mod k]``."""
 
     def __init__(
-        self, model: ScoreModule, cfg: SampleConfig, solver: str, options: dict[str, Any], out: Path,
-        classes: list[int] | None = None, classifier: ClassifierModule | None = None,
+        self,
+        model: ScoreModule,
+        cfg: SampleConfig,
+        solver: str,
+        options: dict[str, Any],
+        out: Path,
+        classes: list[int] | None = None,
+        classifier: ClassifierModule | None = None,
     ) -> None:
         super().__init__(cfg.n, cfg.batch_size, out)
         self.model, self.cfg, self.solver, self.options = model, cfg, solver, options
@@ -191,8 +214,10 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     if classifier is not None and classes is None:
         raise ValueError("--classifier guides towards a class: give --class too")
     if model.num_classes is None and cfg.guidance_scale != 1.0:
-        raise ValueError("--guidance-scale is classifier-free guidance of a class-conditional model; this one is "
-                         "unconditional (use --classifier with --classifier-scale)")
+        raise ValueError(
+            "--guidance-scale is classifier-free guidance of a class-conditional model; this one is "
+            "unconditional (use --classifier with --classifier-scale)"
+        )
     if cfg.threshold is not None:
         if cfg.threshold not in ("static", "dynamic"):
             raise ValueError(f"--threshold must be static or dynamic, got {cfg.threshold!r}")
@@ -200,7 +225,9 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = manifest_record(cfg, solver=solver, options=options, ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt))
+    record = manifest_record(
+        cfg, solver=solver, options=options, ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt)
+    )
     manifest = out / "sample_config.json"
     check_manifest(manifest, record, "samples drawn")
     trainer = predict_trainer(cfg, precision=cfg.precision)
@@ -220,7 +247,9 @@ def _merge(model: ScoreModule, cfg: SampleConfig, solver: str, out: Path, shards
     steps = cfg.steps or model.hparams.sample_steps
     title = f"{len(samples)} samples of {Path(cfg.ckpt).name}: {solver}, {steps} steps, {nfe.mean():.0f} NFE"
     plotting.samples_picture(samples, model.transform, out / "samples.png", labels=labels, title=title)
-    print(f"wrote {len(samples)} samples ({samples.dtype}, shape {samples.shape[1:]}, {nfe.mean():.1f} NFE each on average) to {final}")
+    print(
+        f"wrote {len(samples)} samples ({samples.dtype}, shape {samples.shape[1:]}, {nfe.mean():.1f} NFE each on average) to {final}"
+    )
     return final
 
 
