@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass
@@ -193,10 +194,35 @@ def _check_ckpt(ckpt: str | Path) -> Path:
     return path
 
 
+def read_checkpoint(ckpt: str | Path) -> dict[str, Any]:
+    """The checkpoint dict of a Lightning ``.ckpt`` file, or a ``ValueError`` that says what the file is instead
+    (missing, truncated, not a checkpoint). Loads pickled objects: give only checkpoints you trust (your own runs)."""
+    path = _check_ckpt(ckpt)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many kinds here (RuntimeError, UnpicklingError, EOFError, ...)
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated, or another kind of file: {err}); "
+            "give a .ckpt written by `scoresde fit`"
+        ) from err
+    if not isinstance(loaded, dict) or "state_dict" not in loaded:
+        raise ValueError(
+            f"{path} is not a Lightning checkpoint (no state_dict); give a .ckpt written by `scoresde fit`"
+        )
+    return loaded
+
+
+def _is_score_checkpoint(hparams: dict[str, Any]) -> bool:
+    return "prediction" in hparams or "label_dropout" in hparams
+
+
 def load_model(ckpt: str | Path, device: torch.device | str = "cpu") -> ScoreModule:
     """The :class:`ScoreModule` of a checkpoint (its state dict holds the EMA weights), in eval mode."""
-    # The hyperparameters hold the linked DataTransform object, which torch's weights-only loader refuses; load only
-    # checkpoints you trust (your own `scoresde fit` runs).
+    hparams = read_checkpoint(ckpt).get("hyper_parameters", {})
+    if not _is_score_checkpoint(hparams):
+        raise ValueError(
+            f"{ckpt} is not a score model checkpoint (a classifier's?); --ckpt takes one written by `scoresde fit`"
+        )
     # compile=False: sampling and likelihood run uncompiled (compiling is a training-time option)
     model = ScoreModule.load_from_checkpoint(_check_ckpt(ckpt), map_location=device, weights_only=False, compile=False)
     return model.eval()
@@ -205,8 +231,7 @@ def load_model(ckpt: str | Path, device: torch.device | str = "cpu") -> ScoreMod
 def load_classifier(ckpt: str | Path, device: torch.device | str = "cpu") -> ClassifierModule:
     """The :class:`~scoresde.lightning.ClassifierModule` of a ``scoresde classifier fit`` checkpoint, in eval mode."""
     path = _check_ckpt(ckpt)
-    hparams = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    if "label_dropout" in hparams or "prediction" in hparams:
+    if _is_score_checkpoint(read_checkpoint(path).get("hyper_parameters", {})):
         raise ValueError(
             f"{path} is a score model checkpoint; --classifier takes one written by `scoresde classifier fit`"
         )
@@ -282,6 +307,21 @@ def predict_trainer(cfg: DeviceOptions, **options: Any) -> L.Trainer:
         enable_model_summary=False,
         **options,
     )
+
+
+def prepare_out(out: str | Path) -> Path:
+    """The output folder, created if needed; a path that is a file, or a folder that cannot be written, is refused
+    before any work."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {path} cannot be created ({err.strerror}); give a writable folder") from err
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"--out {path} is not writable; give a writable folder")
+    return path
 
 
 def check_sizes(n: int, batch_size: int) -> None:

@@ -43,6 +43,7 @@ from ._common import (
     option,
     parse_with_solver_options,
     predict_trainer,
+    prepare_out,
     read_shards,
     record_run,
     run_shards,
@@ -172,8 +173,7 @@ def run_inpainting(cfg: InpaintConfig) -> Path | None:
         raise ValueError(
             f"the data have shape {tuple(raw.shape[1:])} but the model was trained on {tuple(model.data_shape)}"
         )
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(cfg.out)
     record = manifest_record(cfg, n=len(raw), ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt))
     manifest = out / "inpaint_config.json"
     check_manifest(manifest, record, "completions")

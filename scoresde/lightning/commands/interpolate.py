@@ -17,7 +17,6 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from ...latent import decode, encode, interpolate
 from ...likelihood import log_likelihood, resolve_trace
 from ...metrics import mean_stderr
 from ...noise import PerSampleNoise, index_seeds
-from ._common import build_parser, load_data, load_model, option, parse_config, split_of
+from ._common import build_parser, load_data, load_model, option, parse_config, prepare_out, split_of
 
 __all__ = ["InterpolateConfig", "interpolate_command", "run_interpolation"]
 
@@ -66,6 +65,7 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
         raise ValueError(f"--pairs must be >= 1, got {cfg.pairs}")
     if cfg.steps < 2:
         raise ValueError(f"--steps must be >= 2 (the two ends), got {cfg.steps}")
+    out = prepare_out(cfg.out)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(cfg.ckpt, device)
     dm = load_data(cfg.data, cfg.ckpt)
@@ -98,8 +98,6 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
         latents.append(path.z.cpu())
         bpd.append(res.bits_per_dim(tf.bpd_offset).reshape(K, M).cpu().double().numpy())
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     weights = path.weights.numpy()
     with atomic_path(out / "interpolation.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(

@@ -49,6 +49,7 @@ from ._common import (
     option,
     parse_config,
     predict_trainer,
+    prepare_out,
     read_shards,
     record_run,
     run_shards,
@@ -184,8 +185,7 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     trace = resolve_trace(cfg.trace, dim)
     run = manifest_record(cfg, trace=trace, n=len(raw), data=str(cfg.data), ckpt_sha256=file_digest(cfg.ckpt))
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(cfg.out)
     manifest = out / "likelihood_config.json"
     check_manifest(manifest, run, "results computed")
     trainer = predict_trainer(cfg, inference_mode=False)  # the divergence needs autograd

@@ -56,6 +56,7 @@ from ._common import (
     option,
     parse_with_solver_options,
     predict_trainer,
+    prepare_out,
     read_shards,
     record_run,
     run_shards,
@@ -223,8 +224,7 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
             raise ValueError(f"--threshold must be static or dynamic, got {cfg.threshold!r}")
         threshold_range(model, cfg)
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(cfg.out)
     record = manifest_record(
         cfg, solver=solver, options=options, ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt)
     )
