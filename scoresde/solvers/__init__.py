@@ -27,7 +27,6 @@ from .registry import SolverSpec as SolverSpec
 from .registry import get_corrector as get_corrector
 from .registry import get_solver as get_solver
 from .registry import register_solver as register_solver
-from .registry import solver_name as solver_name
 from .sde import SRK as SRK
 from .sde import Ancestral as Ancestral
 from .sde import EulerMaruyama as EulerMaruyama

@@ -16,7 +16,7 @@ from .fast import DDIM, DPMSolver, DPMSolverPP, Heun
 from .ode import ProbabilityFlow
 from .sde import SRK, Ancestral, EulerMaruyama, Milstein, ReverseDiffusion, ReversibleHeun, TorchSDE
 
-__all__ = ["SOLVERS", "CORRECTORS", "SolverSpec", "register_solver", "get_solver", "get_corrector", "solver_name"]
+__all__ = ["SOLVERS", "CORRECTORS", "SolverSpec", "register_solver", "get_solver", "get_corrector"]
 
 SOLVERS: dict[str, type[Solver]] = {
     # reverse-time SDE
@@ -69,13 +69,6 @@ def get_solver(solver: SolverSpec, **options: Any) -> Solver:
 def get_corrector(corrector: str | Corrector, **options: Any) -> Corrector:
     """A corrector from a registered name plus options, or the given instance."""
     return _build(corrector, options, CORRECTORS, Corrector, "corrector")
-
-
-def solver_name(solver: SolverSpec) -> str:
-    """The registered name of a solver spec (a name stays itself; an instance gives its registry key or class name)."""
-    if isinstance(solver, str):
-        return solver
-    return next((k for k, cls in SOLVERS.items() if type(solver) is cls), type(solver).__name__)
 
 
 def _build(obj: Any, options: dict[str, Any], registry: dict[str, Any], base: type, kind: str) -> Any:
