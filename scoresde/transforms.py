@@ -88,16 +88,17 @@ class DataTransform:
         self.check(raw)
         y = raw.to(dtype)
         if self.levels is not None:
+            offset: Tensor | float
             if not self.dequantize:
-                return self.scale * (y + 0.5) / self.levels + self.shift
-            if u is None:
+                offset = 0.5
+            elif u is None:
                 device = generator.device if generator is not None else y.device
-                u = torch.rand(y.shape, generator=generator, dtype=dtype, device=device).to(y.device)
+                offset = torch.rand(y.shape, generator=generator, dtype=dtype, device=device).to(y.device)
             elif u.shape != y.shape or bool((u < 0).any()) or bool((u >= 1).any()):
                 raise ValueError(f"u must have the data's shape {tuple(y.shape)} and values in [0, 1)")
             else:
-                u = u.to(device=y.device, dtype=dtype)
-            y = (y + u) / self.levels
+                offset = u.to(device=y.device, dtype=dtype)
+            y = (y + offset) / self.levels
         return self.scale * y + self.shift
 
     def forward_points(self, raw: Tensor, index: Tensor, seed: int) -> Tensor:
