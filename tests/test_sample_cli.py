@@ -114,13 +114,13 @@ def test_bf16_sampling_runs_under_autocast_and_stays_close_to_float32(toy_ckpt, 
 def test_solver_options_as_flags_and_the_manifest_from_the_config():
     import dataclasses
 
-    from scoresde.lightning.commands._common import DeviceOptions, build_parser, manifest_record, parse_with_solver_options
+    from scoresde.lightning.commands._common import DeviceOptions, build_parser, manifest_record, parse_config
     from scoresde.lightning.commands.sample import SampleConfig
 
     parser = build_parser(SampleConfig, "scoresde sample", "")
     base = ["--ckpt", "m.ckpt", "--out", "o", "--solver", "dpm_solver_pp"]
-    dotted = parse_with_solver_options(SampleConfig, parser, [*base, "--solver.order", "3"])
-    plain = parse_with_solver_options(SampleConfig, parser, [*base, "--order", "3", "--batch-size", "8"])
+    dotted = parse_config(SampleConfig, parser, [*base, "--solver.order", "3"], solver_options=True)
+    plain = parse_config(SampleConfig, parser, [*base, "--order", "3", "--batch-size", "8"], solver_options=True)
     assert dotted.options == plain.options == {"order": 3} and plain.batch_size == 8
     # every field that changes results is in the manifest, without a hand-kept list; output and devices are not
     record = manifest_record(plain)

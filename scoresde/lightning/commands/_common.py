@@ -42,7 +42,6 @@ __all__ = [
     "DeviceOptions",
     "build_parser",
     "parse_config",
-    "parse_with_solver_options",
     "manifest_record",
     "check_manifest",
     "record_run",
@@ -81,10 +80,10 @@ class DeviceOptions:
     progress: bool = option(True, "show a progress bar", result=False)
 
 
-def build_parser(config: type, prog: str, description: str) -> ArgumentParser:
+def build_parser(config: type, prog: str, doc: str) -> ArgumentParser:
     """A parser with one ``--name`` option per field of the dataclass ``config`` (types, defaults and help from it),
-    plus ``--config`` for a YAML file holding any of them."""
-    p = ArgumentParser(prog=prog, description=description, default_meta=False)
+    plus ``--config`` for a YAML file holding any of them; the first paragraph of ``doc`` describes the command."""
+    p = ArgumentParser(prog=prog, description=doc.split("\n\n")[0], default_meta=False)
     p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     hints = typing.get_type_hints(config)
     device_fields = {f.name for f in dataclasses.fields(DeviceOptions)}
@@ -103,13 +102,15 @@ def build_parser(config: type, prog: str, description: str) -> ArgumentParser:
 C = typing.TypeVar("C")
 
 
-def parse_config(
-    config: type[C], parser: ArgumentParser, argv: Sequence[str], extra: dict[str, Any] | None = None
-) -> C:
-    """``argv`` parsed into an instance of ``config`` (``extra``: fields set by the caller, e.g. solver options)."""
-    values = parser.parse_args(list(argv)).as_dict()
+def parse_config(config: type[C], parser: ArgumentParser, argv: Sequence[str], *, solver_options: bool = False) -> C:
+    """``argv`` parsed into an instance of ``config``. With ``solver_options``, unknown ``--name value`` (or
+    ``--solver.name value``) pairs are gathered into the config's ``options`` field as solver options."""
+    argv, extra = _split_solver_options(argv, parser) if solver_options else (list(argv), {})
+    values = parser.parse_args(argv).as_dict()
     values.pop("config", None)
-    return config(**{**values, **(extra or {})})
+    if solver_options:
+        values["options"] = {**(values.get("options") or {}), **extra}
+    return config(**values)
 
 
 def _split_solver_options(argv: Sequence[str], parser: ArgumentParser) -> tuple[list[str], dict[str, Any]]:
@@ -147,16 +148,6 @@ def _parse_value(text: str) -> Any:
         except ValueError:
             return value
     return value
-
-
-def parse_with_solver_options(config: type[C], parser: ArgumentParser, argv: Sequence[str]) -> C:
-    """A command's config from ``argv``, with unknown ``--name value`` pairs gathered into its ``options`` field as
-    solver options."""
-    argv, extra = _split_solver_options(argv, parser)
-    values = parser.parse_args(argv).as_dict()
-    values.pop("config", None)
-    values["options"] = {**(values.get("options") or {}), **extra}
-    return config(**values)
 
 
 def manifest_record(cfg: Any, **resolved: Any) -> dict[str, Any]:
@@ -199,7 +190,9 @@ def read_checkpoint(ckpt: str | Path) -> dict[str, Any]:
     (missing, truncated, not a checkpoint). Loads pickled objects: give only checkpoints you trust (your own runs)."""
     path = _check_ckpt(ckpt)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
+        # mmap: the tensors stay on disk, so checking a checkpoint's kind before Lightning loads it costs no
+        # second full read of the weights
+        loaded = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # torch raises many kinds here (RuntimeError, UnpicklingError, EOFError, ...)
         raise ValueError(
             f"{path} is not a readable checkpoint (truncated, or another kind of file: {err}); "
@@ -230,7 +223,7 @@ def load_model(ckpt: str | Path, device: torch.device | str = "cpu") -> ScoreMod
 
 def load_classifier(ckpt: str | Path, device: torch.device | str = "cpu") -> ClassifierModule:
     """The :class:`~scoresde.lightning.ClassifierModule` of a ``scoresde classifier fit`` checkpoint, in eval mode."""
-    path = _check_ckpt(ckpt)
+    path = Path(ckpt)
     if _is_score_checkpoint(read_checkpoint(path).get("hyper_parameters", {})):
         raise ValueError(
             f"{path} is a score model checkpoint; --classifier takes one written by `scoresde classifier fit`"
@@ -378,6 +371,21 @@ def run_shards(trainer: L.Trainer, task: ShardTask) -> bool:
         trainer.predict(task, loader, return_predictions=False)
     trainer.strategy.barrier()  # the one collective: every rank has written its shards
     return trainer.is_global_zero
+
+
+def run_resumable(
+    cfg: DeviceOptions, task: ShardTask, manifest: Path, record: dict[str, Any], what: str, **trainer_options: Any
+) -> dict[str, np.ndarray] | None:
+    """A command's resumable run: refuse a folder whose ``manifest`` records other settings, record this run's, draw
+    every shard not yet on disk (over the devices of ``cfg``; ``trainer_options`` go to the Trainer), and return the
+    merged arrays of :func:`read_shards` on rank 0 (``None`` on the other ranks). ``what`` names the work in the
+    refusal ("samples drawn")."""
+    check_manifest(manifest, record, what)
+    trainer = predict_trainer(cfg, **trainer_options)
+    record_run(manifest, record, trainer.is_global_zero)
+    if not run_shards(trainer, task):
+        return None
+    return read_shards(task.folder, task.shards)
 
 
 def read_shards(folder: Path, shards: int) -> dict[str, np.ndarray]:

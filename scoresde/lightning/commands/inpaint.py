@@ -15,7 +15,6 @@ dataset's units, ``mask``) and ``inpainted.png`` (originals, what was observed, 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,18 +34,14 @@ from ._common import (
     DeviceOptions,
     ShardTask,
     build_parser,
-    check_manifest,
     check_sizes,
     load_data,
     load_model,
     manifest_record,
     option,
-    parse_with_solver_options,
-    predict_trainer,
+    parse_config,
     prepare_out,
-    read_shards,
-    record_run,
-    run_shards,
+    run_resumable,
     split_of,
 )
 
@@ -175,18 +170,14 @@ def run_inpainting(cfg: InpaintConfig) -> Path | None:
         )
     out = prepare_out(cfg.out)
     record = manifest_record(cfg, n=len(raw), ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt))
-    manifest = out / "inpaint_config.json"
-    check_manifest(manifest, record, "completions")
-    trainer = predict_trainer(cfg)
-    record_run(manifest, record, trainer.is_global_zero)
     task = InpaintingTask(model, raw, observation, cfg, out)
-    if not run_shards(trainer, task):
-        return None
-    return _merge(model, raw, mask, cfg, out, task.shards)
+    merged = run_resumable(cfg, task, out / "inpaint_config.json", record, "completions")
+    return None if merged is None else _merge(model, raw, mask, cfg, out, merged)
 
 
-def _merge(model: ScoreModule, raw: Tensor, mask: Tensor, cfg: InpaintConfig, out: Path, shards: int) -> Path:
-    merged = read_shards(out, shards)
+def _merge(
+    model: ScoreModule, raw: Tensor, mask: Tensor, cfg: InpaintConfig, out: Path, merged: dict[str, np.ndarray]
+) -> Path:
     samples = merged["samples"]
     final = out / "inpainted.npz"
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
@@ -209,8 +200,7 @@ def _merge(model: ScoreModule, raw: Tensor, mask: Tensor, cfg: InpaintConfig, ou
     return final
 
 
-def inpaint_command(argv: Sequence[str] | None = None) -> Path | None:
+def inpaint_command(argv: Sequence[str]) -> Path | None:
     """``scoresde inpaint ...``; ``argv`` excludes the word ``inpaint``."""
-    parser = build_parser(InpaintConfig, "scoresde inpaint", __doc__.split("\n\n")[0])
-    cfg = parse_with_solver_options(InpaintConfig, parser, list(sys.argv[2:] if argv is None else argv))
-    return run_inpainting(cfg)
+    parser = build_parser(InpaintConfig, "scoresde inpaint", __doc__ or "")
+    return run_inpainting(parse_config(InpaintConfig, parser, argv, solver_options=True))

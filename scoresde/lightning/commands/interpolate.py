@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,7 +140,7 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
     return summary
 
 
-def interpolate_command(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def interpolate_command(argv: Sequence[str]) -> dict[str, Any]:
     """``scoresde interpolate ...``; ``argv`` excludes the word ``interpolate``."""
-    parser = build_parser(InterpolateConfig, "scoresde interpolate", __doc__.split("\n\n")[0])
-    return run_interpolation(parse_config(InterpolateConfig, parser, list(sys.argv[2:] if argv is None else argv)))
+    parser = build_parser(InterpolateConfig, "scoresde interpolate", __doc__ or "")
+    return run_interpolation(parse_config(InterpolateConfig, parser, argv))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +41,13 @@ from ._common import (
     DeviceOptions,
     ShardTask,
     build_parser,
-    check_manifest,
     load_data,
     load_model,
     manifest_record,
     option,
     parse_config,
-    predict_trainer,
     prepare_out,
-    read_shards,
-    record_run,
-    run_shards,
+    run_resumable,
     split_of,
 )
 
@@ -183,17 +178,14 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
         raise ValueError(f"the {cfg.split} split is empty")
     dim = raw[0].numel()
     trace = resolve_trace(cfg.trace, dim)
-    run = manifest_record(cfg, trace=trace, n=len(raw), data=str(cfg.data), ckpt_sha256=file_digest(cfg.ckpt))
+    run = manifest_record(cfg, trace=trace, n=len(raw), ckpt_sha256=file_digest(cfg.ckpt))
 
     out = prepare_out(cfg.out)
-    manifest = out / "likelihood_config.json"
-    check_manifest(manifest, run, "results computed")
-    trainer = predict_trainer(cfg, inference_mode=False)  # the divergence needs autograd
-    record_run(manifest, run, trainer.is_global_zero)
     task = LikelihoodTask(model, dm.transform, raw, cfg, trace, out / "parts")
-    if not run_shards(trainer, task):
+    # inference_mode=False: the divergence needs autograd
+    merged = run_resumable(cfg, task, out / "likelihood_config.json", run, "results computed", inference_mode=False)
+    if merged is None:
         return None
-    merged = read_shards(task.folder, task.shards)
     merged["gaussian_bpd"] = gaussian_baseline(
         dm.transform, split_of(dm, "train"), raw, cfg.seed, merged["bpd"].shape[1]
     )
@@ -252,7 +244,7 @@ def _table(s: dict[str, Any], dim: int) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def likelihood_command(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+def likelihood_command(argv: Sequence[str]) -> dict[str, Any] | None:
     """``scoresde likelihood ...``; ``argv`` excludes the word ``likelihood``."""
-    parser = build_parser(LikelihoodConfig, "scoresde likelihood", __doc__.split("\n\n")[0])
-    return run_likelihood(parse_config(LikelihoodConfig, parser, list(sys.argv[2:] if argv is None else argv)))
+    parser = build_parser(LikelihoodConfig, "scoresde likelihood", __doc__ or "")
+    return run_likelihood(parse_config(LikelihoodConfig, parser, argv))

@@ -26,7 +26,6 @@ adds classifier guidance of scale ``--classifier-scale``; ``--threshold static|d
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,18 +47,14 @@ from ._common import (
     DeviceOptions,
     ShardTask,
     build_parser,
-    check_manifest,
     check_sizes,
     load_classifier,
     load_model,
     manifest_record,
     option,
-    parse_with_solver_options,
-    predict_trainer,
+    parse_config,
     prepare_out,
-    read_shards,
-    record_run,
-    run_shards,
+    run_resumable,
 )
 
 __all__ = ["SampleConfig", "sample_command", "run_sampling", "SamplingTask", "parse_classes"]
@@ -228,23 +223,17 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     record = manifest_record(
         cfg, solver=solver, options=options, ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt)
     )
-    manifest = out / "sample_config.json"
-    check_manifest(manifest, record, "samples drawn")
-    trainer = predict_trainer(cfg, precision=cfg.precision)
-    record_run(manifest, record, trainer.is_global_zero)
     task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
-    if not run_shards(trainer, task):
-        return None
-    return _merge(model, cfg, solver, out, task.shards)
+    merged = run_resumable(cfg, task, out / "sample_config.json", record, "samples drawn", precision=cfg.precision)
+    return None if merged is None else _merge(model, cfg, solver, out, merged)
 
 
-def _merge(model: ScoreModule, cfg: SampleConfig, solver: str, out: Path, shards: int) -> Path:
-    merged = read_shards(out, shards)
+def _merge(model: ScoreModule, cfg: SampleConfig, solver: str, out: Path, merged: dict[str, np.ndarray]) -> Path:
     samples, nfe, labels = merged["samples"], merged["nfe"], merged.get("labels")
     final = out / "samples.npz"
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, samples=samples, nfe_per_sample=nfe, **({} if labels is None else {"labels": labels}))  # (N,) each
-    steps = cfg.steps or model.hparams.sample_steps
+    steps = model.hparams.sample_steps if cfg.steps is None else cfg.steps
     title = f"{len(samples)} samples of {Path(cfg.ckpt).name}: {solver}, {steps} steps, {nfe.mean():.0f} NFE"
     plotting.samples_picture(samples, model.transform, out / "samples.png", labels=labels, title=title)
     print(
@@ -253,8 +242,7 @@ def _merge(model: ScoreModule, cfg: SampleConfig, solver: str, out: Path, shards
     return final
 
 
-def sample_command(argv: Sequence[str] | None = None) -> Path | None:
+def sample_command(argv: Sequence[str]) -> Path | None:
     """``scoresde sample ...``; ``argv`` excludes the word ``sample``."""
-    parser = build_parser(SampleConfig, "scoresde sample", __doc__.split("\n\n")[0])
-    cfg = parse_with_solver_options(SampleConfig, parser, list(sys.argv[2:] if argv is None else argv))
-    return run_sampling(cfg)
+    parser = build_parser(SampleConfig, "scoresde sample", __doc__ or "")
+    return run_sampling(parse_config(SampleConfig, parser, argv, solver_options=True))
