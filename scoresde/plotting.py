@@ -55,18 +55,20 @@ def plot_2d(
     data: Tensor | None = None,
     title: str = "",
 ) -> Path:
-    """Two panels: the data (exact density and/or training points) and the model's samples over the same background."""
+    """Two panels: the data (exact density and/or training points) and the model's samples over the same background;
+    only the samples' panel when neither the data nor the density is given (no empty panel)."""
     plt = _pyplot()
     s = samples.detach().cpu().double().numpy()
     d = data.detach().cpu().double().numpy() if data is not None else None
     x0, x1, y0, y1 = _bounds(s if d is None else d, d)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharex=True, sharey=True)
+    panels = [(s, "samples")] if d is None and target is None else [(d, "data"), (s, "samples")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.4), sharex=True, sharey=True, squeeze=False)
     background = None
     if target is not None:
         gx, gy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
         grid = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1))
         background = target.log_prob(grid).exp().sqrt().reshape(gx.shape).numpy()  # sqrt: tails stay visible
-    for ax, pts, name in ((axes[0], d, "data"), (axes[1], s, "samples")):
+    for ax, (pts, name) in zip(axes[0], panels):
         if background is not None:
             ax.imshow(background, extent=(x0, x1, y0, y1), origin="lower", cmap="Blues", aspect="auto")
         if pts is not None:
