@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ._typing import ScoreFn
 from ._utils import append_dims, batch_sum, check_batch
+from .noise import PerSampleNoise
 from .sde import SDE
 
 __all__ = ["DSMLoss", "WEIGHTINGS", "REDUCTIONS"]
@@ -82,15 +83,24 @@ class DSMLoss:
         return self._table[1:]
 
     def sample_t(
-        self, sde: SDE, n: int, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
+        self,
+        sde: SDE,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        u: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Training times ``t: (n,)`` (float64) and the weight ``lambda(t) / sigma_t²`` each term is multiplied by.
 
         The loss term is always ``‖sigma_t s + z‖²``; the weight turns it into ``lambda(t) ‖s + z / sigma_t‖²``
-        (uniform ``t``) or its importance-sampled equivalent ``Z / (T - t_eps) ‖sigma_t s + z‖²``.
+        (uniform ``t``) or its importance-sampled equivalent ``Z / (T - t_eps) ‖sigma_t s + z‖²``. ``u: (n,)``
+        uniforms in ``[0, 1)`` replace the draw from ``generator``.
         """
         self._check_sde(sde)
-        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        if u is None:
+            u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        u = u.to(torch.float64)
         if self.importance_sampling:
             log_t, cdf, Z = self._is_table(sde)
             log_t, cdf = log_t.to(u.device), cdf.to(u.device)
@@ -112,14 +122,18 @@ class DSMLoss:
         x0: Tensor,
         *,
         generator: torch.Generator | None = None,
+        noise: PerSampleNoise | None = None,
         t: Tensor | None = None,
         z: Tensor | None = None,
     ) -> Tensor:
-        """The loss of each sample, ``(B,)``. ``t`` (float64 or any float) and ``z`` may be given for common random numbers."""
+        """The loss of each sample, ``(B,)``. The random ``t`` and ``z`` come from ``noise`` (one stream per sample:
+        a sample's terms do not depend on the batch it is in), else from ``generator``; ``t`` (float64 or any float)
+        and ``z`` may also be given, for common random numbers."""
         check_batch(x0, "x0")
         B = x0.shape[0]
         if t is None:
-            t, w = self.sample_t(sde, B, generator=generator, device=x0.device)
+            u = noise.uniform(x0.device) if noise is not None else None
+            t, w = self.sample_t(sde, B, generator=generator, device=x0.device, u=u)
         else:
             if t.shape != (B,):
                 raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
@@ -128,7 +142,9 @@ class DSMLoss:
                 raise ValueError(
                     "pass t only with importance_sampling=False (importance weights depend on how t was drawn)"
                 )
-        if z is None:
+        if z is None and noise is not None:
+            z = noise(x0)
+        elif z is None:
             z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         mean, std = sde.marginal_prob(x0, t)
         sigma = append_dims(std, x0.ndim)
@@ -138,6 +154,14 @@ class DSMLoss:
         per = sq.flatten(1).mean(1) if self.reduction == "mean" else 0.5 * batch_sum(sq)
         return per * w.to(per.dtype)
 
-    def __call__(self, score_fn: ScoreFn, sde: SDE, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """Mean loss over the batch ``x0: (B, *D)``: a scalar."""
-        return self.per_sample(score_fn, sde, x0, generator=generator).mean()
+    def __call__(
+        self,
+        score_fn: ScoreFn,
+        sde: SDE,
+        x0: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        noise: PerSampleNoise | None = None,
+    ) -> Tensor:
+        """Mean loss over the batch ``x0: (B, *D)``: a scalar (``noise``, ``generator``: as in :meth:`per_sample`)."""
+        return self.per_sample(score_fn, sde, x0, generator=generator, noise=noise).mean()

@@ -59,7 +59,8 @@ class PerSampleNoise:
     """Standard normal noise with one independent stream per sample.
 
     ``noise(x)`` returns a tensor shaped like ``x: (B, *D)``; row ``i`` holds the next ``prod(D)`` numbers of stream
-    ``i`` (each 64-bit word of a stream gives two normals). Successive calls continue the streams.
+    ``i`` (each 64-bit word of a stream gives two normals). ``noise.uniform()`` draws one ``U[0, 1)`` number per
+    stream. Successive calls continue the streams.
 
     Args:
         seeds: ``(B,)`` integer seeds, one per sample (see :func:`derive_seeds`).
@@ -71,16 +72,24 @@ class PerSampleNoise:
         self.keys = splitmix64(seeds.to(torch.int64) * _GOLDEN + _GOLDEN)
         self.count = 0  # 64-bit words used so far in every stream
 
+    def _words(self, words: int, device: torch.device) -> Tensor:
+        """The next ``words`` 64-bit words of every stream: ``(B, words)`` int64."""
+        keys = self.keys.to(device)
+        k = torch.arange(self.count + 1, self.count + words + 1, dtype=torch.int64, device=device)
+        self.count += words
+        return splitmix64(keys[:, None] + k[None, :] * _GOLDEN)
+
+    def uniform(self, device: torch.device | str | None = None) -> Tensor:
+        """One uniform number in ``[0, 1)`` per stream (53 random bits, float64): ``(B,)``."""
+        bits = self._words(1, torch.device(device) if device is not None else self.keys.device)[:, 0]
+        return _shr(bits, 11).double() * 2.0**-53
+
     def __call__(self, x: Tensor) -> Tensor:
         B = x.shape[0]
         if B != self.keys.shape[0]:
             raise ValueError(f"this noise source has {self.keys.shape[0]} per-sample streams but x has batch size {B}")
         n = x[0].numel()
-        words = (n + 1) // 2  # each 64-bit word gives two normals
-        keys = self.keys.to(x.device)
-        k = torch.arange(self.count + 1, self.count + words + 1, dtype=torch.int64, device=x.device)
-        self.count += words
-        bits = splitmix64(keys[:, None] + k[None, :] * _GOLDEN)  # (B, words) independent 64-bit words
+        bits = self._words((n + 1) // 2, x.device)  # (B, words): each 64-bit word gives two normals
         # Box–Muller on the two 32-bit halves: u1 ∈ (0, 1] avoids log(0), u2 ∈ [0, 1). The radius is computed in
         # float64 (its tail comes from tiny u1); the angle needs no more than the output precision.
         trig = torch.float64 if x.dtype == torch.float64 else torch.float32

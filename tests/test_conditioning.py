@@ -8,6 +8,7 @@ import torch
 from scoresde import VPSDE, GaussianMixture, ScoreModel
 from scoresde.lightning import DigitsDataModule, NpzDataModule, ScoreModule, ToyDataModule
 from scoresde.nets import MLP, ConvClassifier, DDPMpp, NCSNpp, UNet
+from scoresde.noise import PerSampleNoise, derive_seeds
 
 
 def _nets():
@@ -123,10 +124,10 @@ def test_npz_labels(tmp_path):
 def test_label_dropout_rate_and_clear_errors():
     module = ScoreModule(MLP([2], num_classes=4), VPSDE(), label_dropout=0.2, data_shape=(2,))
     y = torch.arange(100_000) % 4
-    dropped = module._drop_labels(y, torch.Generator().manual_seed(0))
+    dropped = module._drop_labels(y, PerSampleNoise(derive_seeds(0, 0, len(y))))
     assert abs(float((dropped == -1).float().mean()) - 0.2) < 0.005
     assert torch.equal(dropped[dropped >= 0], y[dropped >= 0])
-    vec = module._drop_labels(torch.randn(10_000, 3), torch.Generator().manual_seed(0))
+    vec = module._drop_labels(torch.randn(10_000, 3), PerSampleNoise(derive_seeds(0, 0, 10_000)))
     assert abs(float(vec.isnan().all(1).float().mean()) - 0.2) < 0.02
     with pytest.raises(ValueError, match="label_dropout"):
         ScoreModule(MLP([2], num_classes=4), VPSDE(), label_dropout=1.0)

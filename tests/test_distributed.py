@@ -67,7 +67,7 @@ def test_ddp_training_syncs_gradients_checkpoints_and_resumes(tmp_path):
     assert abs(ranks[0]["param_sum"] - ranks[1]["param_sum"]) < 1e-9 * max(1.0, abs(ranks[0]["param_sum"]))
 
 
-def test_training_noise_differs_by_rank_batch_and_epoch_and_repeats_on_resume():
+def test_training_noise_differs_by_batch_and_epoch_and_repeats_on_resume():
     module = ScoreModule(torch.nn.Linear(2, 2), sde=VPSDE(), warmup_steps=0)
     seeds = {module._noise_seed(b) for b in range(100)}
     assert len(seeds) == 100
@@ -95,3 +95,47 @@ def test_compiled_network_trains_and_keeps_its_checkpoint_keys(tmp_path):
     compiled = torch.load(_digits(tmp_path / "compiled", "--model.compile", "true"), map_location="cpu",
                           weights_only=False)["state_dict"]
     assert list(compiled) == list(plain)  # loadable by an uncompiled model (sampling, likelihood)
+
+
+# ---- the same answer on any number of devices, and after a resume -----------------------------------------------
+def _toy(tmp_path, *extra):
+    """5+ steps of the toy experiment on a tiny network, no logger; returns the final checkpoint's raw and EMA weights."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    args = ["--config", str(EXPERIMENTS / "toy_vp.yaml"), "--model.net.init_args.width", "16",
+            "--model.sample_steps", "5", "--trainer.callbacks.n_samples", "200", "--trainer.logger", "false", *extra]
+    state = torch.load(_fit(tmp_path, *args), map_location="cpu", weights_only=False)
+    return state, json.loads(next(tmp_path.rglob("summary.json")).read_text())
+
+
+def _max_rel_diff(a, b):
+    return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in b)
+
+
+def test_one_device_batch_8_and_two_devices_batch_4_train_the_same_parameters(tmp_path):
+    # Noise is keyed by (step, global position), the data order by the epoch's permutation: the global batch of every
+    # step holds the same examples with the same t and z, and DDP's mean of the two half-batch gradients is the mean
+    # over the whole batch. What may differ is the order of the floating-point reduction.
+    one, _ = _toy(tmp_path / "one", "--data.init_args.batch_size", "8", "--trainer.max_steps", "5")
+    two, _ = _toy(tmp_path / "two", "--data.init_args.batch_size", "4", "--trainer.max_steps", "5", *DDP)
+    assert one["global_step"] == two["global_step"] == 5
+    raw, ema = _max_rel_diff(two["current_model_state"], one["current_model_state"]), _max_rel_diff(
+        two["state_dict"], one["state_dict"])
+    assert raw < 1e-6 and ema < 1e-6, (raw, ema)
+    # and the test can fail: another seed gives other parameters
+    other, _ = _toy(tmp_path / "other", "--data.init_args.batch_size", "8", "--trainer.max_steps", "5",
+                    "--seed_everything", "1")
+    assert _max_rel_diff(other["current_model_state"], one["current_model_state"]) > 1e-3
+
+
+def test_a_fit_resumed_mid_epoch_ends_with_the_weights_ema_and_summary_of_an_uninterrupted_one(tmp_path):
+    # 97 steps per epoch: a checkpoint at step 6 is mid-epoch; the loader resumes after the batches already trained on
+    whole, whole_summary = _toy(tmp_path / "whole", "--trainer.max_steps", "12")
+    _toy(tmp_path / "parts", "--trainer.max_steps", "6")
+    ckpt = next((tmp_path / "parts").rglob("last.ckpt"))
+    parts, parts_summary = _toy(tmp_path / "parts", "--trainer.max_steps", "12", "--ckpt_path", str(ckpt))
+    assert parts["global_step"] == whole["global_step"] == 12
+    assert _max_rel_diff(parts["current_model_state"], whole["current_model_state"]) == 0.0
+    assert _max_rel_diff(parts["state_dict"], whole["state_dict"]) == 0.0
+    timing = ("train_seconds", "sample_seconds", "picture", "checkpoint")
+    assert {k: v for k, v in parts_summary.items() if k not in timing} == {
+        k: v for k, v in whole_summary.items() if k not in timing}

@@ -3,6 +3,7 @@ package of scoresde that imports Lightning."""
 
 from .callbacks import BitsPerDimReport as BitsPerDimReport
 from .callbacks import SampleReport as SampleReport
+from .callbacks import StepCheckpoint as StepCheckpoint
 from .classifier import ClassifierModule as ClassifierModule
 from .data import DigitsDataModule as DigitsDataModule
 from .data import ImageFolderDataModule as ImageFolderDataModule

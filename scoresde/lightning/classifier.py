@@ -9,6 +9,7 @@ minimises the cross-entropy of the labels, so the classifier learns the posterio
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal
 
 import torch
@@ -20,7 +21,7 @@ import lightning as L
 from .._utils import append_dims
 from ..guidance import NoisyClassifier
 from ..sde import SDE
-from .module import step_seed, with_warmup
+from .module import save_hparams_without_modules, step_noise, step_seed, with_warmup
 
 __all__ = ["ClassifierModule"]
 
@@ -50,8 +51,7 @@ class ClassifierModule(L.LightningModule):
         super().__init__()
         if not lr > 0 or warmup_steps < 0 or not 0 < t_eps < sde.T:
             raise ValueError(f"need lr > 0, warmup_steps >= 0 and 0 < t_eps < T; got {lr}, {warmup_steps}, {t_eps}")
-        self.save_hyperparameters()
-        self.remove_ignored_hparams([k for k, v in self.hparams.items() if isinstance(v, nn.Module)])
+        save_hparams_without_modules(self, inspect.currentframe())
         self.classifier = NoisyClassifier(net, sde, time_input)
         self.sde = sde
         self._run_seed = 0
@@ -64,14 +64,14 @@ class ClassifierModule(L.LightningModule):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ValueError("ClassifierModule needs (x, y) batches: switch the DataModule's labels on (labels: true)")
         x0, y = batch
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        t = self.hparams.t_eps + (self.sde.T - self.hparams.t_eps) * torch.rand(
-            x0.shape[0], generator=g, device=x0.device, dtype=torch.float64
+        # one stream per example, keyed by the step and the example's global position (as ScoreModule's training)
+        world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
+        noise = step_noise(
+            seed, x0.shape[0], rank if stage == "train" else 0, world if stage == "train" else 1, x0.device
         )
+        t = self.hparams.t_eps + (self.sde.T - self.hparams.t_eps) * noise.uniform(x0.device)
         mean, std = self.sde.marginal_prob(x0, t)
-        x_t = mean + append_dims(std, x0.ndim).to(x0.dtype) * torch.randn(
-            x0.shape, generator=g, device=x0.device, dtype=x0.dtype
-        )
+        x_t = mean + append_dims(std, x0.ndim).to(x0.dtype) * noise(x0)
         logits = self.classifier(x_t, t.to(x0.dtype))
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(1) == y).float().mean()
@@ -100,7 +100,7 @@ class ClassifierModule(L.LightningModule):
         self._run_seed = torch.initial_seed()  # the seed Lightning's seed_everything set (or a random one)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        seed = step_seed(self._run_seed, self.current_epoch, batch_idx, self.global_rank)
+        seed = step_seed(self._run_seed, self.current_epoch, batch_idx)
         return self._step(batch, "train", seed)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -16,6 +16,7 @@ offline mode unless the config says otherwise (``wandb sync`` uploads later).
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -27,7 +28,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning as L
 
+from .cluster import check_cluster
 from .module import ScoreModule
+from .progress import progress_callbacks
 
 __all__ = ["COMMANDS", "Command", "ScoreCLI", "ClassifierCLI", "cli", "classifier_cli", "run", "main", "USER_ERRORS"]
 
@@ -47,6 +50,14 @@ class ScoreCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.data_shape", "model.data_shape", apply_on="instantiate")
         parser.link_arguments("data.transform", "model.transform", apply_on="instantiate")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[L.Callback]) -> L.Trainer:
+        """Lightning's Trainer, with whole-line progress when standard output is not a terminal (a log file), checked
+        against the SLURM job it runs in."""
+        enabled = config.get("enable_progress_bar") is not False
+        trainer = super()._instantiate_trainer(config, [*callbacks, *progress_callbacks(enabled)])
+        check_cluster(trainer)
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         """Lightning re-reads the model's hyperparameters from ``--ckpt_path`` (weights-only) to refill the config.
@@ -83,6 +94,8 @@ def _full_load(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _build(cli_class: type[LightningCLI], model_class: type, args: Sequence[str] | None, run: bool) -> Any:
     os.environ.setdefault("WANDB_SILENT", "true")
+    if args is not None and list(args) == sys.argv[1:]:
+        args = None  # the console script's own arguments: LightningCLI reads them (and warns when given both)
     return cli_class(
         model_class,
         L.LightningDataModule,
@@ -172,11 +185,18 @@ def run(args: Sequence[str]) -> Any:
     return command(argv if command.lightning else argv[1:])
 
 
+def _no_product_tips(record: logging.LogRecord) -> bool:
+    """Drops Lightning's advertisements for its cloud services ("💡 Tip: ... try installing litlogger"): Lightning
+    prints them on every Trainer with no setting to turn them off."""
+    return not str(record.msg).startswith("💡 Tip")
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``scoresde`` console script: :func:`run`, with every mistake a user can make answered by
     one line on stderr, ``scoresde <command>: error: <message>``, and exit code 2 (``SCORESDE_DEBUG=1`` re-raises,
     with the traceback)."""
     argv = list(sys.argv[1:] if args is None else args)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_product_tips)
     try:
         run(argv)
     except USER_ERRORS as err:

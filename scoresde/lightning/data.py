@@ -8,13 +8,15 @@ With ``labels`` switched on, batches are ``(x, y)`` pairs (class labels ``y: (B,
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import lightning as L
 
@@ -49,6 +51,61 @@ class _Rows(Dataset):
 
 def _identity(batch: Tensor) -> Tensor:
     return batch
+
+
+class EpochShuffle(DistributedSampler):
+    """The training order: one permutation of the data per epoch (seeded by ``(seed, epoch)``), dealt out to the
+    ranks as Lightning's own ``DistributedSampler`` does (rank ``r`` takes positions ``r, r + W, r + 2W, ...``).
+
+    The same permutation on one device or many makes the global batch of step ``k`` the same examples whatever the
+    device count (with per-device batch size ``B / W``), so runs on 1 and on W devices train alike. ``epoch()``, when
+    given, says which epoch a pass belongs to (the trainer's count: Lightning's ``set_epoch`` on a restart counts a
+    stopped epoch as processed). ``resume_at(epoch, n)`` makes that epoch's pass start after its first ``n`` examples.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        epoch: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
+        self._epoch_of, self._resume = epoch, (0, 0)
+
+    def resume_at(self, epoch: int, n: int) -> None:
+        self._resume = (int(epoch), int(n))
+
+    def __iter__(self) -> Iterator[int]:
+        if self._epoch_of is not None:
+            self.epoch = self._epoch_of()
+        order = list(super().__iter__())
+        start = self._resume[1] if self._resume[0] == self.epoch else 0
+        self._resume = (0, 0)
+        return iter(order[start:])
+
+
+class ResumableLoader(DataLoader):
+    """The training loader: Lightning saves its ``state_dict`` in every checkpoint (the stateful-loader interface), and
+    a run resumed mid-epoch starts after the batches already trained on instead of at the start of the epoch.
+
+    ``progress()`` answers ``(epoch, batches of it trained on)`` from the trainer (the loader's own count of batches
+    would include the one Lightning's fetcher has drawn ahead).
+    """
+
+    sampler: EpochShuffle
+
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._progress()
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches"] * int(self.batch_size or 1))
 
 
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
@@ -113,28 +170,39 @@ class TensorDataModule(L.LightningDataModule):
             raise ValueError(f"labels go up to {seen - 1} but num_classes={num_classes}")
         self.num_classes = num_classes or seen
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         data = getattr(self, f"{split}_raw")
         if len(data) == 0:
             raise ValueError("this split is empty; give it a positive size")
-        return DataLoader(
-            _Rows(data, getattr(self, f"{split}_labels")),
-            batch_size=min(self.batch_size, len(data)),
-            shuffle=train,
-            drop_last=train and len(data) >= self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=_identity,
-            persistent_workers=self.num_workers > 0,
+        rows = _Rows(data, getattr(self, f"{split}_labels"))
+        options = {"num_workers": self.num_workers, "collate_fn": _identity, "persistent_workers": self.num_workers > 0}
+        if split != "train":
+            return DataLoader(rows, batch_size=min(self.batch_size, len(data)), **options)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # the run's seed, from where Lightning's own distributed sampler takes it (set by seed_everything)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        order = EpochShuffle(rows, world, rank, seed, epoch=lambda: self._progress()[0])
+        batch = min(self.batch_size, len(order))
+        return ResumableLoader(
+            rows, batch_size=batch, sampler=order, drop_last=len(order) >= batch, progress=self._progress, **options
         )
 
+    def _progress(self) -> tuple[int, int]:
+        """The trainer's epoch and the batches of it already trained on (what a resumed run must skip)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self._loader("test")
 
     def on_after_batch_transfer(
         self, batch: Tensor | tuple[Tensor, Tensor], dataloader_idx: int

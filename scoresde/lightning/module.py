@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -16,21 +18,45 @@ import lightning as L
 from .._typing import ScoreFn
 from ..guidance import classifier_free, null_condition
 from ..losses import DSMLoss
+from ..noise import PerSampleNoise, index_seeds
 from ..parametrization import ScoreModel
 from ..sampling import SampleResult, sample
 from ..sde import SDE
-from ..solvers import get_solver
+from ..solvers import Solver, get_solver
 from ..transforms import DataTransform
 
 __all__ = ["ScoreModule"]
 
 
-def step_seed(run_seed: int, epoch: int, batch_idx: int, rank: int) -> int:
-    """Seed of one training step's noise, distinct per (run seed, epoch, batch, rank)."""
+def step_seed(run_seed: int, epoch: int, batch_idx: int) -> int:
+    """Seed of one training step's noise, distinct per (run seed, epoch, batch of the epoch)."""
     key = run_seed
-    for part in (epoch, batch_idx, rank):
+    for part in (epoch, batch_idx):
         key = (key * 1_000_003 + part + 1) % 2**63
     return key
+
+
+def step_noise(seed: int, batch_size: int, rank: int, world_size: int, device: torch.device) -> PerSampleNoise:
+    """The training noise of one rank's batch: one stream per example, keyed by the step's ``seed`` and the example's
+    position in the global batch. Rank ``r``'s row ``j`` is global position ``r + W j`` (how :class:`EpochShuffle`
+    deals the data out), so 1 device with batch ``W B`` and ``W`` devices with batch ``B`` draw the same noise for the
+    same examples."""
+    positions = rank + world_size * torch.arange(batch_size, device=device)
+    return PerSampleNoise(index_seeds(seed, positions))
+
+
+def save_hparams_without_modules(module: L.LightningModule, frame: Any) -> None:
+    """``module.save_hyperparameters()`` from ``__init__``'s ``frame``, less the arguments that are module objects.
+
+    Their weights are in the state dict. The CLI hands Lightning the configs of those arguments (class path and init
+    args), which must stay: they rebuild the network from a checkpoint. Built in Python (or by jsonargparse when a
+    checkpoint is loaded), they arrive as objects, and Lightning warns about them before they are dropped here; an
+    ``ignore=`` list cannot tell the two cases apart (it drops the configs too), so that one warning is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Attribute '\w+' is an instance of `nn.Module`")
+        module.save_hyperparameters(frame=frame)
+    module.remove_ignored_hparams([k for k, v in module.hparams.items() if isinstance(v, nn.Module)])
 
 
 def with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> dict[str, Any]:
@@ -39,6 +65,26 @@ def with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> dict[str
     warmup = max(int(warmup_steps), 0)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class EMAWeightAveraging(WeightAveraging):
+    """Lightning's ``WeightAveraging`` that keeps the raw weights in a checkpoint written after training ended.
+
+    At the end of fit ``WeightAveraging`` copies the average into the model; a checkpoint saved after that (Lightning's
+    end-of-training ``last.ckpt``) would otherwise hold the average twice, and a run resumed from it would continue
+    from the average instead of the last iterate.
+    """
+
+    _raw: dict[str, Tensor] | None = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._raw = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._raw is not None and "current_model_state" in checkpoint:
+            checkpoint["current_model_state"] = self._raw
 
 
 class ScoreModule(L.LightningModule):
@@ -56,8 +102,10 @@ class ScoreModule(L.LightningModule):
         ema_decay: decay of the exponential moving average of the weights (Lightning's ``WeightAveraging``); the EMA
             weights are used for validation and sampling and are what the checkpoint's ``state_dict`` holds.
             ``None`` disables it.
-        sampler: solver name used by :meth:`sample` (and sample callbacks).
-        sampler_options: that solver's options, e.g. ``{order: 3}`` (YAML: ``model.sampler_options``).
+        sampler: the solver :meth:`sample` (and sample callbacks) use: a name from ``scoresde.SOLVERS`` or a
+            :class:`~scoresde.solvers.Solver` instance (YAML: ``{class_path: scoresde.solvers.DPMSolverPP,
+            init_args: {order: 3}}``).
+        sampler_options: options of a named solver, e.g. ``{order: 3}`` (YAML: ``model.sampler_options``).
         sample_steps: default number of solver steps.
         data_shape: shape of one data point, linked from the DataModule by the CLI.
         transform: raw-data → model-space transform, linked from the DataModule (kept for bits/dim and decoding).
@@ -68,9 +116,10 @@ class ScoreModule(L.LightningModule):
             (0.1–0.2 is usual; 0 trains a purely conditional model).
 
     Gradient clipping, mixed precision (``precision: bf16-mixed``) and distribution (``strategy: ddp``,
-    ``devices``, ``num_nodes``) are the Trainer's job. The training noise (times ``t`` and ``z``) of each step comes from
-    a generator seeded by ``(run seed, epoch, batch, rank)``: ranks draw different noise, and a resumed run draws the
-    noise an uninterrupted run would have drawn.
+    ``devices``, ``num_nodes``) are the Trainer's job. The training noise (times ``t``, ``z`` and label dropout) of
+    each example comes from its own stream, keyed by ``(run seed, epoch, batch of the epoch)`` and the example's
+    position in the global batch, never by the rank: 1 device with batch 8 and 2 devices with batch 4 train the same
+    parameters, and a resumed run draws the noise an uninterrupted run would have drawn.
     """
 
     def __init__(
@@ -86,7 +135,7 @@ class ScoreModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 5000,
         ema_decay: float | None = 0.9999,
-        sampler: str = "euler_maruyama",
+        sampler: str | Solver = "euler_maruyama",
         sampler_options: dict[str, Any] | None = None,
         sample_steps: int = 500,
         data_shape: Sequence[int] | None = None,
@@ -105,10 +154,9 @@ class ScoreModule(L.LightningModule):
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
-        get_solver(sampler, **(sampler_options or {}))  # an unknown name or option fails now, listing the valid ones
-        self.save_hyperparameters()
-        # The network's weights are saved in the state dict; keep module objects out of the hyperparameters.
-        self.remove_ignored_hparams([k for k, v in self.hparams.items() if isinstance(v, nn.Module)])
+        # an unknown name or option fails now, listing the valid ones; an instance (YAML: class_path) is kept as is
+        self.sampler = get_solver(sampler, **(sampler_options or {}))
+        save_hparams_without_modules(self, inspect.currentframe())
         self.score_model = ScoreModel(net, sde, prediction=prediction, time_input=time_input)
         self.sde, self.loss = sde, loss if loss is not None else DSMLoss()
         self.data_shape = tuple(int(s) for s in data_shape) if data_shape is not None else None
@@ -119,6 +167,11 @@ class ScoreModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._run_seed = torch.initial_seed()  # the seed Lightning's seed_everything set (or a random one)
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of this run's training noise (``seed_everything``'s, read at the start of fit)."""
+        return self._run_seed
 
     @property
     def net(self) -> nn.Module:
@@ -153,35 +206,60 @@ class ScoreModule(L.LightningModule):
             )
         return x0, y
 
-    def _drop_labels(self, y: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _drop_labels(self, y: Tensor, noise: PerSampleNoise) -> Tensor:
         """Replace each example's condition by the null one with probability ``label_dropout``."""
         p = self.hparams.get("label_dropout", 0.0)
         if not p:
             return y
-        drop = torch.rand(y.shape[0], generator=generator, device=y.device) < p
+        drop = noise.uniform(y.device) < p
         return torch.where(drop.view(-1, *([1] * (y.ndim - 1))), null_condition(y), y)
 
-    def _shared_step(self, batch: Tensor | tuple[Tensor, ...], stage: str, seed: int | None = None) -> Tensor:
+    def _shared_step(self, batch: Tensor | tuple[Tensor, ...], stage: str, seed: int) -> Tensor:
         x0, y = self._split_batch(batch)
         self._check_batch(x0)
-        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        generator, noise = None, None
+        if stage == "train":
+            world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
+            noise = step_noise(seed, x0.shape[0], rank, world, x0.device)
+        else:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
         score_fn = self.score_model
         if y is not None:
-            y = self._drop_labels(y, generator) if stage == "train" else y
+            y = self._drop_labels(y, noise) if noise is not None else y
             score_fn = partial(self.score_model, y=y)
-        loss = self.loss(score_fn, self.sde, x0, generator=generator)
+        loss = self.loss(score_fn, self.sde, x0, generator=generator, noise=noise)
         if stage != "train":
             self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
-        elif self._trainer is None or self.global_step % self.trainer.log_every_n_steps == 0:
-            # only on the steps Lightning writes to the logger: logging costs ~1 ms, a sizeable share of a toy step
+        elif self._trainer is None or self._logs_this_step():
+            # only on the steps Lightning writes to the logger and the last: logging costs ~1 ms, a sizeable share
+            # of a toy step
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0])
         return loss
+
+    def _logs_this_step(self) -> bool:
+        step, trainer = self.global_step, self.trainer
+        return step % trainer.log_every_n_steps == 0 or step + 1 == trainer.max_steps
+
+    @torch.no_grad()
+    def validation_loss(self, loader: Iterable[Any]) -> float:
+        """Mean loss over ``loader``'s batches (already in model space) with the seeds ``validation_step`` uses."""
+        total, count = 0.0, 0
+        for batch_idx, batch in enumerate(loader):
+            batch = self.transfer_batch_to_device(batch, self.device, 0)
+            dm = self._trainer.datamodule if self._trainer is not None else None
+            batch = dm.on_after_batch_transfer(batch, 0) if dm is not None else batch
+            x0, y = self._split_batch(batch)
+            g = torch.Generator(device=self.device).manual_seed(batch_idx)
+            score_fn = self.score_model if y is None else partial(self.score_model, y=y)
+            total += float(self.loss(score_fn, self.sde, x0, generator=g)) * len(x0)
+            count += len(x0)
+        return total / max(count, 1)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train", seed=self._noise_seed(batch_idx))
 
     def _noise_seed(self, batch_idx: int) -> int:
-        return step_seed(self._run_seed, self.current_epoch, batch_idx, self.global_rank)
+        return step_seed(self._run_seed, self.current_epoch, batch_idx)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         # A fixed seed per batch makes validation (and test) losses comparable across epochs.
@@ -200,9 +278,16 @@ class ScoreModule(L.LightningModule):
             return []
         # Lightning's weight-averaging callback (swaps the average in for validation, saves it as the checkpoint's
         # state_dict) with PyTorch's fused foreach EMA: ~10x cheaper per step than the per-parameter update.
-        return [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(self.hparams.ema_decay))]
+        return [EMAWeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(self.hparams.ema_decay))]
 
     # ---- sampling ----------------------------------------------------------------------------------------------
+    def default_solver(self) -> tuple[str | Solver, dict[str, Any]]:
+        """The model's ``sampler`` as ``(name, options)`` when it was given by name (so callers may override single
+        options), else ``(instance, {})``."""
+        if isinstance(self.hparams.sampler, str):
+            return self.hparams.sampler, dict(self.hparams.get("sampler_options") or {})
+        return self.sampler, {}
+
     @torch.no_grad()
     def sample(
         self,
@@ -244,12 +329,12 @@ class ScoreModule(L.LightningModule):
                 score_fn,
                 self.sde,
                 (n, *self.data_shape),
-                solver=self.hparams.sampler if solver is None else solver,
+                solver=self.default_solver()[0] if solver is None else solver,
                 steps=self.hparams.sample_steps if steps is None else steps,
                 generator=generator,
                 device=self.device,
                 progress=progress,
-                **{**(dict(self.hparams.get("sampler_options") or {}) if solver is None else {}), **options},
+                **{**(self.default_solver()[1] if solver is None else {}), **options},
             )
         finally:
             self.train(was_training)

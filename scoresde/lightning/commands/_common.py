@@ -17,6 +17,8 @@ import importlib
 import json
 import math
 import os
+import signal
+import sys
 import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -34,8 +37,10 @@ import lightning as L
 
 from ..._utils import atomic_path
 from ..classifier import ClassifierModule
+from ..cluster import check_cluster
 from ..data import TensorDataModule
 from ..module import ScoreModule
+from ..progress import progress_callbacks
 
 __all__ = [
     "option",
@@ -290,16 +295,19 @@ def predict_trainer(cfg: DeviceOptions, **options: Any) -> L.Trainer:
     """A Trainer for a command's predict loop, from its :class:`DeviceOptions` (no logger, no model summary);
     ``options`` go to ``L.Trainer`` (e.g. ``precision``, ``inference_mode``)."""
     devices: int | str = int(cfg.devices) if cfg.devices.isdigit() else cfg.devices  # a count, or "auto" / "0,1"
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         logger=False,
         enable_progress_bar=cfg.progress,
+        callbacks=progress_callbacks(cfg.progress),  # whole lines when stdout is a log file
         enable_model_summary=False,
         **options,
     )
+    check_cluster(trainer)
+    return trainer
 
 
 def prepare_out(out: str | Path) -> Path:
@@ -348,8 +356,12 @@ class ShardTask(L.LightningModule, abc.ABC):
     def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
         """The arrays of items ``start, ..., start + count - 1`` (each with its own seed, so shards are independent)."""
 
-    def predict_step(self, shards: Tensor, batch_idx: int) -> None:
+    def predict_step(self, shards: Tensor, batch_idx: int) -> Tensor:
+        """Draw and write the shards numbered in ``shards`` (skipping those on disk); returns their numbers."""
         for k in shards.tolist():
+            if self._trainer is not None and self.trainer.received_sigterm:
+                # Lightning's handler only notes the signal; the predict loop never checks it (fit's does)
+                raise SIGTERMException
             path = shard_path(self.folder, k)
             if path.exists():  # written by an earlier (interrupted) run
                 continue
@@ -358,6 +370,7 @@ class ShardTask(L.LightningModule, abc.ABC):
             arrays = self.draw(start, count)
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, index=np.arange(start, start + count), **arrays)
+        return shards
 
 
 def run_shards(trainer: L.Trainer, task: ShardTask) -> bool:
@@ -368,7 +381,17 @@ def run_shards(trainer: L.Trainer, task: ShardTask) -> bool:
         # all shards, not those still missing: ranks may start seconds apart (`ddp` relaunches the command), and the
         # split must not depend on what was on disk when each looked. Finished shards are skipped in the step.
         loader = DataLoader(torch.arange(task.shards), batch_size=1, shuffle=False)
-        trainer.predict(task, loader, return_predictions=False)
+        try:
+            trainer.predict(task, loader, return_predictions=False)
+        except SIGTERMException:
+            done = sum(shard_path(task.folder, k).exists() for k in range(task.shards))
+            if trainer.is_global_zero:
+                print(
+                    f"stopped by SIGTERM with {done} of {task.shards} parts written to {task.folder}; "
+                    "run the same command again to resume",
+                    file=sys.stderr,
+                )
+            raise SystemExit(128 + signal.SIGTERM) from None
     trainer.strategy.barrier()  # the one collective: every rank has written its shards
     return trainer.is_global_zero
 

@@ -40,7 +40,7 @@ from ..._typing import ScoreFn
 from ..._utils import atomic_path, file_digest
 from ...guidance import classifier_guidance, threshold
 from ...noise import derive_seeds
-from ...solvers import SOLVERS, TIME_GRIDS, get_solver
+from ...solvers import SOLVERS, TIME_GRIDS, Solver, get_solver
 from ..classifier import ClassifierModule
 from ..module import ScoreModule
 from ._common import (
@@ -150,7 +150,7 @@ class SamplingTask(ShardTask):
         self,
         model: ScoreModule,
         cfg: SampleConfig,
-        solver: str,
+        solver: str | Solver,
         options: dict[str, Any],
         out: Path,
         classes: list[int] | None = None,
@@ -201,8 +201,8 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
         raise ValueError(f"--steps must be a positive integer, got {cfg.steps}")
     ckpt = Path(cfg.ckpt)
     model = load_model(ckpt)
-    solver = cfg.solver or model.hparams.sampler
-    options = {**((model.hparams.get("sampler_options") or {}) if cfg.solver is None else {}), **cfg.options}
+    solver, default_options = model.default_solver() if cfg.solver is None else (cfg.solver, {})
+    options = {**default_options, **cfg.options}
     get_solver(solver, **options)  # fail on a bad name or option before any work
     classifier = load_classifier(cfg.classifier) if cfg.classifier else None
     num_classes = model.num_classes if classifier is None else _classifier_classes(classifier, model)
@@ -221,14 +221,18 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
 
     out = prepare_out(cfg.out)
     record = manifest_record(
-        cfg, solver=solver, options=options, ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt)
+        cfg,
+        solver=solver if isinstance(solver, str) else repr(solver),  # the model's own instance: its options too
+        options=options,
+        ckpt=str(ckpt.resolve()),
+        ckpt_sha256=file_digest(ckpt),
     )
     task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
     merged = run_resumable(cfg, task, out / "sample_config.json", record, "samples drawn", precision=cfg.precision)
     return None if merged is None else _merge(model, cfg, solver, out, merged)
 
 
-def _merge(model: ScoreModule, cfg: SampleConfig, solver: str, out: Path, merged: dict[str, np.ndarray]) -> Path:
+def _merge(model: ScoreModule, cfg: SampleConfig, solver: object, out: Path, merged: dict[str, np.ndarray]) -> Path:
     samples, nfe, labels = merged["samples"], merged["nfe"], merged.get("labels")
     final = out / "samples.npz"
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
