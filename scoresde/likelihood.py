@@ -29,7 +29,7 @@ from torch import Tensor
 from ._typing import NoiseFn, ScoreFn
 from ._utils import check_batch
 from .sde import SDE
-from .solvers.ode import ADAPTIVE_METHODS
+from .solvers.ode import ADAPTIVE_METHODS, check_ode_method
 from .transforms import DataTransform
 
 __all__ = [
@@ -192,7 +192,10 @@ def log_likelihood(
     detached tensors.
     """
     check_batch(x)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x holds {int((~torch.isfinite(x)).sum())} NaN or infinite values; remove those points")
     check_t_eps(sde, t_eps)
+    check_ode_method(method)
     if trace not in ("exact", "hutchinson"):
         raise ValueError(f"unknown trace {trace!r}; use 'exact' (autograd, small D) or 'hutchinson'")
     if n_probes < 1:

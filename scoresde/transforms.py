@@ -12,7 +12,7 @@ A density ``p_z`` on model space gives, per dimension, ``bpd = -log2 p_z(z) / D 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -36,12 +36,16 @@ class DataTransform:
         levels: number of discrete values per dim (raw values are integers ``0 … levels-1``); ``None`` for continuous.
         scale, shift: the affine map to model space (``2, -1`` maps ``[0, 1]`` to ``[-1, 1]``).
         dequantize: add ``u ~ U[0, 1)`` to discrete values (otherwise ``u = ½``, the bin centre).
+        data_range: for continuous data, the ``(min, max)`` of the raw data the model was trained on; raw values more
+            than that width outside it are refused as data in other units (``None``: not checked). Not part of
+            equality: two transforms that map data alike are equal whatever data they saw.
     """
 
     levels: int | None = None
     scale: float = 1.0
     shift: float = 0.0
     dequantize: bool = True
+    data_range: tuple[float, float] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.levels is not None and (
@@ -52,9 +56,11 @@ class DataTransform:
             raise ValueError(f"scale must be > 0, got {self.scale!r}")
 
     @classmethod
-    def identity(cls) -> DataTransform:
-        """Continuous data used as is (offset 0)."""
-        return cls()
+    def identity(cls, data: Tensor | None = None) -> DataTransform:
+        """Continuous data used as is (offset 0); given the training ``data``, their range is recorded."""
+        if data is None or data.numel() == 0:
+            return cls()
+        return cls(data_range=(float(data.min()), float(data.max())))
 
     @classmethod
     def discrete(cls, levels: int, low: float = -1.0, high: float = 1.0, dequantize: bool = True) -> DataTransform:
@@ -73,13 +79,31 @@ class DataTransform:
         """What to add to ``-log2 p_z / D`` to get bits/dim of the raw data (see module docstring)."""
         return (math.log2(self.levels) if self.levels is not None else 0.0) - math.log2(self.scale)
 
-    def check(self, raw: Tensor) -> None:
-        """Raise if discrete raw data hold values outside ``0 … levels-1`` (continuous data are not checked)."""
-        if self.levels is not None and (bool((raw < 0).any()) or bool((raw > self.levels - 1).any())):
-            raise ValueError(
-                f"discrete data must hold integers in [0, {self.levels - 1}], got values in "
-                f"[{float(raw.min()):g}, {float(raw.max()):g}]; set levels to match your data"
-            )
+    def check(self, raw: Tensor, what: str = "data") -> None:
+        """Refuse raw data this transform would turn into garbage, saying what is wrong with ``what``: NaN or
+        infinite values; for discrete data, values that are not integers in ``0 … levels-1``; for continuous data
+        with a recorded ``data_range``, values far outside it (another unit: 8-bit pixels given to a model of data
+        in ``[-1, 1]``)."""
+        if raw.is_floating_point() and not bool(torch.isfinite(raw).all()):
+            bad = int((~torch.isfinite(raw)).sum())
+            raise ValueError(f"{what}: {bad} NaN or infinite values (of {raw.numel()}); remove or replace them")
+        lo, hi = (float(raw.min()), float(raw.max())) if raw.numel() else (0.0, 0.0)
+        if self.levels is not None:
+            fractional = raw.is_floating_point() and bool((raw != raw.round()).any())
+            if lo < 0 or hi > self.levels - 1 or fractional:
+                raise ValueError(
+                    f"{what}: discrete data with {self.levels} levels must be integers in [0, {self.levels - 1}], "
+                    f"got {'fractional ' if fractional else ''}values in [{lo:g}, {hi:g}]; set levels to match your "
+                    "data, or give continuous data without levels"
+                )
+        elif self.data_range is not None:
+            a, b = self.data_range
+            width = max(b - a, 1e-12)
+            if lo < a - width or hi > b + width:
+                raise ValueError(
+                    f"{what}: values in [{lo:g}, {hi:g}], far outside the range the model was trained on "
+                    f"[{a:g}, {b:g}]; give data in the training data's units"
+                )
 
     def forward(self, raw: Tensor, *, generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
         """Raw data → model space (float32 unless ``raw`` is float64). The dequantization noise is drawn from

@@ -65,3 +65,22 @@ def test_every_classifier_experiment_runs_fast_dev_run(config, tmp_path, monkeyp
     c = classifier_cli(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"])
     assert c.trainer.global_step == 1
     assert c.trainer.callback_metrics["train/loss"] > 0
+
+
+def test_fit_into_a_log_file_prints_whole_progress_lines_and_the_summary_names_its_run(tmp_path, monkeypatch, capsys):
+    from scoresde.lightning.cli import run
+
+    monkeypatch.chdir(tmp_path)
+    config = next(p for p in EXPERIMENTS if p.stem == "toy_vp")
+    run(["fit", "--config", str(config), "--trainer.max_steps", "20", "--model.sample_steps", "5",
+         "--trainer.logger", "false", "--trainer.callbacks.n_samples", "100"])
+    out = capsys.readouterr().out  # pytest's capture is not a terminal, as a log file is not
+    assert "\r" not in out
+    steps = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == [f"{2 * k}/20" for k in range(1, 11)], steps
+    summary = json.loads((tmp_path / "runs" / "toy_vp" / "summary.json").read_text())
+    assert summary["checkpoint"].endswith("runs/toy_vp/checkpoints/last.ckpt") and summary["seed"] == 0
+    assert summary["data"].startswith("ToyDataModule(") and "name='ring'" in summary["data"]
+    assert summary["val/loss"] > 0
+    for metric in ("frechet", "mode_mass", "cross_entropy_gap", "sliced_wasserstein"):
+        assert any(k.startswith(metric) and "floor" in k for k in summary), metric

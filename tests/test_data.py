@@ -172,3 +172,21 @@ def test_random_flip_flips_about_half_of_the_training_images_and_never_validatio
     assert 0.4 < flipped.float().mean() < 0.6  # 400 fair coins: s.d. 0.025
     dm.trainer.training = False
     assert torch.equal(dm.on_after_batch_transfer(images, 0), plain)
+
+
+def test_the_transform_refuses_nan_fractional_levels_and_data_in_other_units():
+    import math
+
+    discrete = DataTransform.discrete(256)
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        DataTransform.identity().check(torch.tensor([[0.0, math.nan]]))
+    with pytest.raises(ValueError, match="must be integers in \\[0, 255\\], got fractional values"):
+        discrete.check(torch.tensor([[3.0, 4.5]]))
+    with pytest.raises(ValueError, match="got values in \\[-1, 4\\]"):
+        discrete.check(torch.tensor([[-1, 4]]))
+    discrete.check(torch.tensor([[0.0, 255.0]]))  # whole numbers in floats are fine
+    ring = DataTransform.identity(torch.tensor([[-2.5, 2.5], [0.0, 1.0]]))
+    assert ring.data_range == (-2.5, 2.5) and ring == DataTransform.identity()  # the range is not part of equality
+    ring.check(torch.tensor([[-7.0, 7.0]]))  # within one range-width of it
+    with pytest.raises(ValueError, match="far outside the range the model was trained on \\[-2.5, 2.5\\]"):
+        ring.check(torch.tensor([[0.0, 255.0]]))

@@ -1,9 +1,32 @@
 """Every mistake a user can make at the command line ends as one line on stderr, `scoresde <command>: error: ...`,
 with exit code 2 and no traceback, before any expensive work."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
+import torch
 
 from scoresde.lightning.cli import main
+
+EXPERIMENTS = Path(__file__).parents[1] / "experiments"
+# what srun sets for a job step of 4 tasks on one node, started with --ntasks=4 only
+SLURM = {"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "train", "SLURM_NNODES": "1", "SLURM_PROCID": "0",
+         "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+
+
+def _npz(tmp_path, name, x):
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, x=x)
+    return path
+
+
+def _data(path, **init):
+    args = ", ".join(f"{k}: {v}" for k, v in {"path": str(path), **init}.items())
+    return "{class_path: scoresde.lightning.NpzDataModule, init_args: {" + args + "}}"
 
 
 def _cases(tmp_path, toy_ckpt):
@@ -14,7 +37,29 @@ def _cases(tmp_path, toy_ckpt):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     ck, out = str(toy_ckpt), str(tmp_path / "out")
-    return [
+    rng = np.random.default_rng(0)
+    nan = _npz(tmp_path, "nan", np.where(rng.random((200, 2)) < 0.01, np.nan, rng.normal(size=(200, 2))).astype("f4"))
+    pixels = _npz(tmp_path, "pixels", rng.integers(0, 256, (200, 2)).astype("f4"))  # 8-bit values saved as floats
+    big = _npz(tmp_path, "big", rng.uniform(0, 255, (200, 2)).astype("f4"))  # not the ring's units
+    frac = _npz(tmp_path, "frac", rng.uniform(0, 255, (200, 1, 4, 4)).astype("f4"))  # fractions given as 8-bit
+    gpu = [] if torch.cuda.is_available() else [
+        (["sample", "--ckpt", ck, "--accelerator", "gpu", "--out", out], "accelerator 'gpu': torch sees no CUDA GPU"),
+        (["fit", "--config", str(EXPERIMENTS / "toy_vp.yaml"), "--trainer.accelerator", "gpu"],
+         "accelerator 'gpu': torch sees no CUDA GPU"),
+    ]
+    return gpu + [
+        (["likelihood", "--ckpt", ck, "--data", _data(nan), "--out", out], f"{nan}: the train data: 3 NaN"),
+        (["likelihood", "--ckpt", ck, "--data", _data(pixels), "--out", out], f"{pixels} holds whole numbers"),
+        (["likelihood", "--ckpt", ck, "--data", _data(big), "--out", out],
+         "the test split: values in ["),
+        (["likelihood", "--ckpt", ck, "--data", _data(frac, levels=256), "--out", out],
+         f"{frac}: discrete data with 256 levels must be integers in [0, 255], got fractional values"),
+        (["likelihood", "--ckpt", ck, "--data", _data(nan, key="nope"), "--out", out], f"{nan} holds no array 'nope'"),
+        (["likelihood", "--ckpt", ck, "--method", "rk45", "--out", out], "unknown ODE method 'rk45'"),
+        (["fit", "--config", str(EXPERIMENTS / "digits_vp.yaml"), "--data", "scoresde.lightning.NpzDataModule",
+          "--data.init_args.path", str(tmp_path / "missing.npz")], f"data file not found: {tmp_path / 'missing.npz'}"),
+        (["sample", "--ckpt", ck, "--devices", "2", "--accelerator", "cpu", "--strategy", "ddp", "--out", out, SLURM],
+         "SLURM started 4 tasks (SLURM_NTASKS) but devices × num_nodes = 2 × 1 = 2"),
         # (argv, the message's first words)
         (["sample", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", out], "checkpoint"),
         (["sample", "--ckpt", str(truncated), "--out", out], f"{truncated} is not a readable checkpoint"),
@@ -35,11 +80,16 @@ def _cases(tmp_path, toy_ckpt):
 
 def test_every_bad_input_gets_one_line_and_exit_code_2(toy_ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("SCORESDE_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
     cases = _cases(tmp_path, toy_ckpt)
-    assert len(cases) >= 14
+    assert len(cases) >= 22
     for argv, first_words in cases:
-        with pytest.raises(SystemExit) as err:
-            main([*argv, "--progress", "false"] if argv[0] != "nonsense" else argv)
+        env = argv.pop() if isinstance(argv[-1], dict) else {}
+        has_progress = argv[0] in ("sample", "likelihood", "interpolate", "inpaint")
+        with pytest.raises(SystemExit) as err, monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            main([*argv, "--progress", "false"] if has_progress else argv)
         captured = capsys.readouterr()
         lines = [line for line in captured.err.splitlines() if line.strip()]
         name = argv[0] if argv[0] != "nonsense" else ""
@@ -53,3 +103,17 @@ def test_scoresde_debug_shows_the_traceback(toy_ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("SCORESDE_DEBUG", "1")
     with pytest.raises(ValueError, match="--steps must be a positive integer"):
         main(["sample", "--ckpt", str(toy_ckpt), "--steps", "0", "--out", str(tmp_path)])
+
+
+def test_a_slurm_job_step_with_other_task_counts_than_the_devices_is_refused_before_training(tmp_path):
+    # in a fresh process, as srun starts it: the variables are there before anything imports Lightning
+    env = {**os.environ, **SLURM, "SLURM_NTASKS_PER_NODE": "4", "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-c", "from scoresde.lightning.cli import main; main()", "fit", "--config",
+           str(EXPERIMENTS / "toy_vp.yaml"), "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+           "--trainer.strategy", "ddp", "--trainer.logger", "false"]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "Seed set to" not in line]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert lines == [lines[-1]] and lines[-1].startswith(
+        "scoresde fit: error: SLURM started 4 tasks (SLURM_NTASKS) but devices × num_nodes = 2 × 1 = 2"), lines
+    assert not (tmp_path / "runs").exists()  # nothing was trained or written

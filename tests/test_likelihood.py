@@ -270,3 +270,22 @@ def test_bad_arguments_are_explained(ring):
         bits_per_dim(s, sde, x, DataTransform.identity(), repeats=0)
     with pytest.raises(ValueError, match=r"values in \[0, 1\)"):
         DataTransform.discrete(16).forward(torch.zeros(2, 2), u=torch.ones(2, 2))
+
+
+def test_log_likelihood_refuses_nan_points_and_unknown_methods_before_solving():
+    import math
+
+    from scoresde import VPSDE, GaussianMixture, log_likelihood
+
+    sde, ring = VPSDE(), GaussianMixture.ring()
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return ring.score(x, t, sde)
+
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        log_likelihood(score, sde, torch.tensor([[0.0, 1.0], [math.inf, 0.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown ODE method 'rk45'"):
+        log_likelihood(score, sde, torch.zeros(2, 2, dtype=torch.float64), method="rk45")
+    assert not calls

@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning as L
 
-from .cluster import check_cluster
+from .cluster import check_devices
 from .module import ScoreModule
 from .progress import progress_callbacks
 
@@ -52,12 +53,11 @@ class ScoreCLI(LightningCLI):
         parser.link_arguments("data.transform", "model.transform", apply_on="instantiate")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[L.Callback]) -> L.Trainer:
-        """Lightning's Trainer, with whole-line progress when standard output is not a terminal (a log file), checked
-        against the SLURM job it runs in."""
+        """Lightning's Trainer, with whole-line progress when standard output is not a terminal (a log file), once
+        the devices asked for are checked against the machine and the SLURM job."""
+        check_devices(config.get("accelerator"), config.get("devices"), config.get("num_nodes"))
         enabled = config.get("enable_progress_bar") is not False
-        trainer = super()._instantiate_trainer(config, [*callbacks, *progress_callbacks(enabled)])
-        check_cluster(trainer)
-        return trainer
+        return super()._instantiate_trainer(config, [*callbacks, *progress_callbacks(enabled)])
 
     def _parse_ckpt_path(self) -> None:
         """Lightning re-reads the model's hyperparameters from ``--ckpt_path`` (weights-only) to refill the config.
@@ -185,6 +185,15 @@ def run(args: Sequence[str]) -> Any:
     return command(argv if command.lightning else argv[1:])
 
 
+def _plain(message: str) -> str:
+    """The cause inside jsonargparse's report on a class that failed to build ("Does not validate against any of the
+    Union subtypes ... Errors: - <cause> - Expected a <class 'NoneType'> ..."), else the message itself."""
+    if message.startswith("Does not validate against any of the Union subtypes") and "Errors: - " in message:
+        causes = [c.strip() for c in message.split("Errors: - ", 1)[1].split(" - ")]
+        return next((c for c in causes if not c.startswith("Expected a <class 'NoneType'>")), message)
+    return message
+
+
 def _no_product_tips(record: logging.LogRecord) -> bool:
     """Drops Lightning's advertisements for its cloud services ("💡 Tip: ... try installing litlogger"): Lightning
     prints them on every Trainer with no setting to turn them off."""
@@ -197,13 +206,15 @@ def main(args: Sequence[str] | None = None) -> None:
     with the traceback)."""
     argv = list(sys.argv[1:] if args is None else args)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_product_tips)
+    # Lightning's own use of a torch.utils._pytree API that this torch deprecates; nothing in scoresde calls it
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         run(argv)
     except USER_ERRORS as err:
         if os.environ.get("SCORESDE_DEBUG"):
             raise
         name = argv[0] if argv and argv[0] in COMMANDS else ""
-        message = " ".join(str(err).split()) or type(err).__name__
+        message = _plain(" ".join(str(err).split()) or type(err).__name__)
         print(f"scoresde{' ' + name if name else ''}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -108,6 +108,13 @@ class ResumableLoader(DataLoader):
         self.sampler.resume_at(state["epoch"], state["batches"] * int(self.batch_size or 1))
 
 
+class MissingArrayError(KeyError, ValueError):
+    """An ``.npz`` key that is not in the file: a failed lookup, and a user's bad value (answered in one line)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError's own str() quotes the message
+
+
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
     """Validation and test sizes from fractions of ``n`` (at least one validation item)."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -226,6 +233,18 @@ class TensorDataModule(L.LightningDataModule):
         return self.transform.forward(self.val_raw[:n], generator=torch.Generator().manual_seed(0))
 
 
+def _refuse_pixels_as_floats(data: Tensor, path: str, key: str | None) -> None:
+    """Continuous data that are all integers spanning 16 or more values are pixels saved as floats: trained on as
+    they are, their scale is far from the SDE's, and their likelihood is that of a density, not of discrete data."""
+    if data.numel() and bool(torch.isfinite(data).all()) and bool((data == data.round()).all()):
+        lo, hi = float(data.min()), float(data.max())
+        if hi - lo >= 15:
+            raise ValueError(
+                f"{path}{f'[{key}]' if key else ''} holds whole numbers from {lo:g} to {hi:g} stored as floats, like "
+                f"8-bit pixels: set levels: {int(hi) + 1} (discrete data, mapped to [low, high]), or rescale them"
+            )
+
+
 # ---- 2-D toy sets ------------------------------------------------------------------------------------------------
 def _moons(n: int, g: torch.Generator, noise: float = 0.05) -> Tensor:
     upper = torch.rand(n, generator=g) < 0.5
@@ -307,7 +326,7 @@ class ToyDataModule(TensorDataModule):
             data[n_train : n_train + n_val],
             data[n_train + n_val :],
         )
-        self.transform = DataTransform.identity()
+        self.transform = DataTransform.identity(self.train_raw)
         if labels:
             y = y.cpu()
             self._set_labels(y[:n_train], y[n_train : n_train + n_val], y[n_train + n_val :], self.target.n_components)
@@ -433,8 +452,12 @@ class NpzDataModule(TensorDataModule):
             if arr.dtype != np.uint8:
                 raise ValueError(f"{path}: integer data of dtype {arr.dtype}: set `levels` (values per entry)")
             levels = 256
-        data = self._tensor(arr, discrete)
-        transform = DataTransform.discrete(int(levels), low, high, dequantize) if discrete else DataTransform.identity()
+        data = self._tensor(arr, discrete, levels, f"{path}[{key}]" if key else path)
+        if not discrete:
+            _refuse_pixels_as_floats(data, path, key)
+        transform = (
+            DataTransform.discrete(int(levels), low, high, dequantize) if discrete else DataTransform.identity(data)
+        )
         if test_key is None:
             val, test = _split_sizes(len(data), val_fraction, 0.05 if test_fraction is None else test_fraction)
             tr, va, te = _split(len(data), val, test, split_seed)
@@ -443,7 +466,7 @@ class NpzDataModule(TensorDataModule):
                 y = _check_labels(self._load(Path(path), label_key, labels=True), len(data), f"{path}[{label_key}]")
                 self._set_labels(y[tr], y[va], y[te])
         else:
-            test_data = self._tensor(self._load(Path(path), test_key), discrete)
+            test_data = self._tensor(self._load(Path(path), test_key), discrete, levels, f"{path}[{test_key}]")
             if test_data.shape[1:] != data.shape[1:] or test_data.dtype != data.dtype:
                 raise ValueError(
                     f"{path}: the test array {test_key!r} has shape {tuple(test_data.shape[1:])}, "
@@ -459,14 +482,18 @@ class NpzDataModule(TensorDataModule):
                     self._load(Path(path), test_label_key, labels=True), len(test_data), f"{path}[{test_label_key}]"
                 )
                 self._set_labels(y, y_test[va], y_test)
-        for split in (self.train_raw, self.test_raw):
-            transform.check(split)  # the raw values' range, before training starts (without dequantizing them all)
+        for name, split in (("train", self.train_raw), ("test", self.test_raw)):
+            # NaN, range and integrality, before training starts (without dequantizing them all)
+            transform.check(split, f"{path}: the {name} data")
         self.transform = transform
 
     @staticmethod
-    def _tensor(arr: np.ndarray, discrete: bool) -> Tensor:
+    def _tensor(arr: np.ndarray, discrete: bool, levels: int | None = None, what: str = "data") -> Tensor:
         if discrete:
-            return torch.from_numpy(np.ascontiguousarray(_nchw(arr))).to(torch.int64)
+            x = torch.from_numpy(np.ascontiguousarray(_nchw(arr)))
+            if x.is_floating_point() and levels is not None:
+                DataTransform(levels=levels).check(x, what)  # before the integer cast would truncate fractions
+            return x.to(torch.int64)
         return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32)
 
     @staticmethod
@@ -485,7 +512,8 @@ class NpzDataModule(TensorDataModule):
                     else next((k for k in ("x", "data", "images", "train") if k in names), None)
                 )
             if key not in names:
-                raise KeyError(f"{path} holds arrays {names}; choose one with key=...")
+                asked = f"no array {key!r}: " if key is not None else ""
+                raise MissingArrayError(f"{path} holds {asked}arrays {names}; choose one with key=...")
             arr = loaded[key]
         if not labels and (arr.ndim < 2 or len(arr) < 3):
             raise ValueError(f"{path}: expected an array (N, *D) with N >= 3, got shape {arr.shape}")

@@ -49,13 +49,14 @@ class LineProgressBar(ProgressBar):
         self._start, self._total = time.perf_counter(), total
         self._every = max(1, round(self.fraction * total))
 
-    def _report(self, done: int, what: str, shown: int, of: int, extra: str = "") -> None:
-        """After ``done`` of the run's ``_total`` units: print ``what shown/of``, the share, time, rate and ``extra``."""
+    def _report(self, done: int, what: tuple[str, str], shown: int, of: int, extra: str = "") -> None:
+        """After ``done`` of the run's ``_total`` units (``what``: singular and plural): print ``shown/of``, the
+        share, ``extra``, the time and the rate."""
         if not self.is_enabled or not done or (done % self._every and done != self._total):
             return
         seconds = time.perf_counter() - self._start
-        rate = f", {done / seconds:.3g} {what}s/s" if seconds > 0 else ""
-        print(f"{what} {shown}/{of} ({100 * shown / max(of, 1):.0f}%){extra}, {seconds:.0f} s{rate}", flush=True)
+        rate = f", {done / seconds:.3g} {what[1]}/s" if seconds > 0 else ""
+        print(f"{what[0]} {shown}/{of} ({100 * shown / max(of, 1):.0f}%){extra}, {seconds:.0f} s{rate}", flush=True)
 
     # ---- training ----------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -64,10 +65,12 @@ class LineProgressBar(ProgressBar):
         self._begin(self._steps - self._first)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        metrics = self.get_metrics(trainer, pl_module)
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}  # the logger's run id
         shown = "".join(f", {k}={v:.3g}" if isinstance(v, float) else f", {k}={v}" for k, v in metrics.items())
         step = trainer.global_step
-        self._report(step - self._first, "step", step, self._steps, f", epoch {trainer.current_epoch}{shown}")
+        self._report(
+            step - self._first, ("step", "steps"), step, self._steps, f", epoch {trainer.current_epoch}{shown}"
+        )
 
     # ---- prediction (scoresde sample, likelihood, inpaint) ------------------------------------------------------
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -76,7 +79,7 @@ class LineProgressBar(ProgressBar):
     def on_predict_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *rest: Any
     ) -> None:
-        self._report(batch_idx + 1, "batch", batch_idx + 1, self._total)
+        self._report(batch_idx + 1, ("batch", "batches"), batch_idx + 1, self._total)
 
 
 def progress_callbacks(enabled: bool = True) -> list[Callback]:

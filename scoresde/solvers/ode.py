@@ -12,9 +12,19 @@ from .._typing import NoiseFn, ScoreFn
 from ..sde import SDE
 from .base import IntegratorSolver
 
-__all__ = ["ProbabilityFlow", "per_sample_rms_norm", "ADAPTIVE_METHODS"]
+__all__ = ["ProbabilityFlow", "per_sample_rms_norm", "ADAPTIVE_METHODS", "FIXED_METHODS", "check_ode_method"]
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's, with rtol/atol
+FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")  # torchdiffeq's fixed-step methods used here
+
+
+def check_ode_method(method: str) -> None:
+    """Refuse a name that is not one of the torchdiffeq methods above (torchdiffeq's own answer is an assert)."""
+    if method not in (*FIXED_METHODS, *ADAPTIVE_METHODS):
+        raise ValueError(
+            f"unknown ODE method {method!r}; fixed-step: {', '.join(FIXED_METHODS)}; "
+            f"adaptive: {', '.join(ADAPTIVE_METHODS)}"
+        )
 
 
 def per_sample_rms_norm(x: Tensor) -> Tensor:
@@ -53,11 +63,7 @@ class ProbabilityFlow(IntegratorSolver):
     _ADAPTIVE: ClassVar[tuple[str, ...]] = ADAPTIVE_METHODS
 
     def __post_init__(self) -> None:
-        if self.method not in (*self._FIXED, *self._ADAPTIVE):
-            raise ValueError(
-                f"unknown ODE method {self.method!r}; fixed-step: {', '.join(self._FIXED)}; "
-                f"adaptive: {', '.join(self._ADAPTIVE)}"
-            )
+        check_ode_method(self.method)
         if self.adaptive and not (self.rtol > 0 and self.atol > 0):
             raise ValueError(f"rtol and atol must be positive, got rtol={self.rtol}, atol={self.atol}")
 

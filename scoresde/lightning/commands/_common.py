@@ -37,7 +37,7 @@ import lightning as L
 
 from ..._utils import atomic_path
 from ..classifier import ClassifierModule
-from ..cluster import check_cluster
+from ..cluster import check_devices
 from ..data import TensorDataModule
 from ..module import ScoreModule
 from ..progress import progress_callbacks
@@ -295,7 +295,8 @@ def predict_trainer(cfg: DeviceOptions, **options: Any) -> L.Trainer:
     """A Trainer for a command's predict loop, from its :class:`DeviceOptions` (no logger, no model summary);
     ``options`` go to ``L.Trainer`` (e.g. ``precision``, ``inference_mode``)."""
     devices: int | str = int(cfg.devices) if cfg.devices.isdigit() else cfg.devices  # a count, or "auto" / "0,1"
-    trainer = L.Trainer(
+    check_devices(cfg.accelerator, devices, cfg.num_nodes)
+    return L.Trainer(
         accelerator=cfg.accelerator,
         devices=devices,
         num_nodes=cfg.num_nodes,
@@ -306,8 +307,6 @@ def predict_trainer(cfg: DeviceOptions, **options: Any) -> L.Trainer:
         enable_model_summary=False,
         **options,
     )
-    check_cluster(trainer)
-    return trainer
 
 
 def prepare_out(out: str | Path) -> Path:

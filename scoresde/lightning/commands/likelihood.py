@@ -35,6 +35,7 @@ from ...analytic import GaussianMixture
 from ...likelihood import gaussian_logp, log_likelihood, nats_to_bits_per_dim, resolve_trace
 from ...metrics import mean_stderr
 from ...noise import PerSampleNoise, index_seeds
+from ...solvers.ode import check_ode_method
 from ...transforms import DataTransform
 from ..module import ScoreModule
 from ._common import (
@@ -166,6 +167,7 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(cfg, key)}")
     if cfg.limit is not None and cfg.limit < 1:
         raise ValueError(f"--limit must be a positive number of points, got {cfg.limit}")
+    check_ode_method(cfg.method)
     model = load_model(cfg.ckpt)
     dm = load_data(cfg.data, cfg.ckpt)
     if dm.transform != model.transform:
@@ -176,6 +178,7 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     raw = split_of(dm, cfg.split)[: cfg.limit]
     if len(raw) == 0:
         raise ValueError(f"the {cfg.split} split is empty")
+    model.transform.check(raw, f"the {cfg.split} split")  # all of it, before the first solve
     dim = raw[0].numel()
     trace = resolve_trace(cfg.trace, dim)
     run = manifest_record(cfg, trace=trace, n=len(raw), ckpt_sha256=file_digest(cfg.ckpt))
