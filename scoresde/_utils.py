@@ -6,14 +6,16 @@ import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_path", "append_dims", "batch_sum", "check_t", "check_batch", "as_time", "flat_dim"]
+__all__ = ["atomic_path", "save_npz", "append_dims", "batch_sum", "check_t", "check_batch", "as_time", "flat_dim"]
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
@@ -93,3 +95,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
+    """Write ``arrays`` (name → array or number) to the ``.npz`` file ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return Path(path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from ._utils import append_dims
@@ -51,7 +52,15 @@ class ScoreModel(nn.Module):
         sde: the forward SDE that defines ``alpha_t`` and ``sigma_t``.
         prediction: what the network predicts: ``"eps"`` (default), ``"x0"``, ``"v"`` or ``"score"``.
         time_input: ``"auto"`` (the SDE's reference convention), ``"t"`` (``999 t``) or ``"log_sigma"``.
+
+    ``block`` (an attribute, ``None`` by default) makes every network call take exactly ``block`` rows: a batch is cut
+    into blocks and the last one is filled up with copies of its last row. Matrix-multiply and convolution kernels
+    choose their algorithm by batch size, so without it a sample's score differs in the last bits between a batch of
+    1, of 5 and of 64; with it each row's output depends on that row alone (the commands set 64, so that results
+    depend on (seed, index) and never on the batch size or the device count).
     """
+
+    block: int | None = None
 
     def __init__(
         self, net: nn.Module, sde: SDE, prediction: Prediction = "eps", time_input: TimeInput = "auto"
@@ -77,9 +86,25 @@ class ScoreModel(nn.Module):
         return getattr(self.net, "num_classes", None)
 
     def raw(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """The network's own output at ``(x_t, t)`` (given ``y``): ``(B, *D)``."""
+        """The network's own output at ``(x_t, t)`` (given ``y``): ``(B, *D)`` (in blocks of ``block`` rows if set)."""
         c_noise = noise_condition(self.sde, t, self.time_input).to(x.dtype)
-        return self.net(x, c_noise) if y is None else self.net(x, c_noise, y)
+        if self.block is None:
+            return self.net(x, c_noise) if y is None else self.net(x, c_noise, y)
+        B, k = x.shape[0], int(self.block)
+        pad = -B % k  # fill the last block with copies of the batch's last row (rows do not mix: any would do)
+
+        def fill(a: Tensor) -> Tensor:
+            return torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) if pad else a
+
+        xs, cs = fill(x), fill(c_noise.expand(B) if c_noise.numel() == 1 else c_noise)
+        ys = fill(y) if y is not None else None
+        blocks = [
+            self.net(xs[i : i + k], cs[i : i + k])
+            if ys is None
+            else self.net(xs[i : i + k], cs[i : i + k], ys[i : i + k])
+            for i in range(0, B + pad, k)
+        ]
+        return torch.cat(blocks)[:B]
 
     def _eps_from(self, out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """Noise implied by a network output of this model's prediction type (the table in the module docstring)."""

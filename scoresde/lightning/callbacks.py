@@ -27,6 +27,17 @@ def _write_json(obj: dict[str, Any], path: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2))
 
 
+def _datamodule(trainer: L.Trainer) -> Any:
+    """The DataModule of the run (an attribute Lightning sets at run time, unseen by type checkers)."""
+    return getattr(trainer, "datamodule", None)
+
+
+def _score_module(pl_module: L.LightningModule, who: str) -> ScoreModule:
+    if not isinstance(pl_module, ScoreModule):
+        raise TypeError(f"{who} reports on a ScoreModule, got {type(pl_module).__name__}")
+    return pl_module
+
+
 def _describe(datamodule: Any) -> str:
     """``ToyDataModule(name='ring', n_train=50000, ...)``: the DataModule with its saved hyperparameters."""
     hparams = getattr(datamodule, "hparams", {}) or {}
@@ -47,14 +58,13 @@ class StepCheckpoint(ModelCheckpoint):
 
     def __init__(
         self,
-        *args: Any,
+        *,
         every_n_train_steps: int = 500,
         save_last: bool = True,
         enable_version_counter: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            *args,
             every_n_train_steps=every_n_train_steps,
             save_last=save_last,
             enable_version_counter=enable_version_counter,
@@ -130,7 +140,7 @@ class SampleReport(L.Callback):
         ).x
 
     def _picture(self, trainer: L.Trainer, pl_module: ScoreModule, x: torch.Tensor, path: Path, title: str) -> Path:
-        dm = trainer.datamodule
+        dm = _datamodule(trainer)
         if x[0].numel() == 2:
             data = getattr(dm, "val_raw", None)
             return plotting.plot_2d(x.reshape(-1, 2), path, target=getattr(dm, "target", None), data=data, title=title)
@@ -149,7 +159,8 @@ class SampleReport(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t_start = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: ScoreModule) -> None:
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        module = _score_module(pl_module, "SampleReport")
         epoch = trainer.current_epoch
         if (
             trainer.sanity_checking
@@ -160,43 +171,45 @@ class SampleReport(L.Callback):
             return
         path = self._picture(
             trainer,
-            pl_module,
-            self._draw(pl_module),
+            module,
+            self._draw(module),
             self._dir(trainer) / "samples" / f"epoch{epoch:04d}.png",
             f"epoch {epoch}",
         )
         self._log_image(trainer, path, "samples")
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: ScoreModule) -> None:
-        if not trainer.is_global_zero or trainer.fast_dev_run:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or getattr(trainer, "fast_dev_run", False):
             return
+        module, dm = _score_module(pl_module, "SampleReport"), _datamodule(trainer)
         train_time = time.perf_counter() - self._t_start
         t0 = time.perf_counter()
-        x = self._draw(pl_module)
+        x = self._draw(module)
         sample_time = time.perf_counter() - t0
         out = self._dir(trainer)
         path = self._picture(
-            trainer, pl_module, x, out / "samples.png", f"{type(pl_module.sde).__name__}, {trainer.global_step} steps"
+            trainer, module, x, out / "samples.png", f"{type(module.sde).__name__}, {trainer.global_step} steps"
         )
         self._log_image(trainer, path, "samples/final")
         logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        logged["val/loss"] = pl_module.validation_loss(trainer.datamodule.val_dataloader())
+        logged["val/loss"] = module.validation_loss(dm.val_dataloader())
         ckpt = trainer.checkpoint_callback
+        steps = self.steps or module.hparams["sample_steps"]
         summary: dict[str, Any] = {
             "checkpoint": getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or None,
-            "seed": pl_module.run_seed,
-            "data": _describe(trainer.datamodule),
-            "sde": repr(pl_module.sde),
+            "seed": module.run_seed,
+            "data": _describe(dm),
+            "sde": repr(module.sde),
             "steps": trainer.global_step,
             "train_seconds": round(train_time, 1),
             "sample_seconds": round(sample_time, 1),
-            "sampler": f"{self.solver or pl_module.default_solver()[0]}, {self.steps or pl_module.hparams.sample_steps} steps",
+            "sampler": f"{self.solver or module.default_solver()[0]}, {steps} steps",
             **{k: round(v, 5) for k, v in logged.items() if k.endswith(("loss", "loss_epoch", "bpd"))},
             "picture": str(path),
         }
-        target = getattr(trainer.datamodule, "target", None)
+        target = getattr(dm, "target", None)
         if target is not None:
-            summary.update(self._exact_metrics(pl_module, target, x))
+            summary.update(self._exact_metrics(module, target, x))
         _write_json(summary, out / "summary.json")
         width = max(len(k) for k in summary)
         lines = [f"  {k:<{width}}  {v}" for k, v in summary.items()]
@@ -271,24 +284,25 @@ class BitsPerDimReport(L.Callback):
         self.n_points, self.every_n_epochs, self.trace = n_points, every_n_epochs, trace
         self.rtol, self.atol, self.seed = rtol, atol, seed
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: ScoreModule) -> None:
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        raw = trainer.datamodule.val_raw[: self.n_points][trainer.global_rank :: trainer.world_size]
+        module = _score_module(pl_module, "BitsPerDimReport")
+        raw = _datamodule(trainer).val_raw[: self.n_points][trainer.global_rank :: trainer.world_size]
         if len(raw) == 0:
             raise ValueError(f"BitsPerDimReport: {self.n_points} points cannot be shared by {trainer.world_size} ranks")
         trace = resolve_trace(self.trace, raw[0].numel())
-        g = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_rank)
+        g = torch.Generator(device=module.device).manual_seed(self.seed + trainer.global_rank)
         # validation runs under inference mode; the divergence needs autograd
         with torch.inference_mode(False), torch.enable_grad():
             res = bits_per_dim(
-                pl_module.score_model,
-                pl_module.sde,
-                raw.to(pl_module.device),
-                pl_module.transform,
+                module.score_model,
+                module.sde,
+                raw.to(module.device),
+                module.transform,
                 generator=g,
                 trace=trace,
                 rtol=self.rtol,
                 atol=self.atol,
             )
-        pl_module.log("val/bpd", res.per_sample.mean().float(), sync_dist=True, prog_bar=True, batch_size=len(raw))
+        module.log("val/bpd", res.per_sample.mean().float(), sync_dist=True, prog_bar=True, batch_size=len(raw))

@@ -10,7 +10,7 @@ minimises the cross-entropy of the labels, so the classifier learns the posterio
 from __future__ import annotations
 
 import inspect
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ class ClassifierModule(L.LightningModule):
         noise = step_noise(
             seed, x0.shape[0], rank if stage == "train" else 0, world if stage == "train" else 1, x0.device
         )
-        t = self.hparams.t_eps + (self.sde.T - self.hparams.t_eps) * noise.uniform(x0.device)
+        t = self.hparams["t_eps"] + (self.sde.T - self.hparams["t_eps"]) * noise.uniform(x0.device)
         mean, std = self.sde.marginal_prob(x0, t)
         x_t = mean + append_dims(std, x0.ndim).to(x0.dtype) * noise(x0)
         logits = self.classifier(x_t, t.to(x0.dtype))
@@ -106,7 +106,7 @@ class ClassifierModule(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "val", batch_idx)
 
-    def configure_optimizers(self) -> dict:
+    def configure_optimizers(self) -> Any:
         h = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        return with_warmup(opt, h.warmup_steps)
+        opt = torch.optim.AdamW(self.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
+        return with_warmup(opt, h["warmup_steps"])

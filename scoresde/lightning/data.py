@@ -71,7 +71,7 @@ class EpochShuffle(DistributedSampler):
         seed: int = 0,
         epoch: Callable[[], int] | None = None,
     ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self._epoch_of, self._resume = epoch, (0, 0)
 
     def resume_at(self, epoch: int, n: int) -> None:
@@ -182,7 +182,11 @@ class TensorDataModule(L.LightningDataModule):
         if len(data) == 0:
             raise ValueError("this split is empty; give it a positive size")
         rows = _Rows(data, getattr(self, f"{split}_labels"))
-        options = {"num_workers": self.num_workers, "collate_fn": _identity, "persistent_workers": self.num_workers > 0}
+        options: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "collate_fn": _identity,
+            "persistent_workers": self.num_workers > 0,
+        }
         if split != "train":
             return DataLoader(rows, batch_size=min(self.batch_size, len(data)), **options)
         trainer = self.trainer
@@ -200,7 +204,7 @@ class TensorDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return 0, 0
-        return trainer.current_epoch, int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx + 1
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -327,7 +331,7 @@ class ToyDataModule(TensorDataModule):
             data[n_train + n_val :],
         )
         self.transform = DataTransform.identity(self.train_raw)
-        if labels:
+        if labels and self.target is not None:
             y = y.cpu()
             self._set_labels(y[:n_train], y[n_train : n_train + n_val], y[n_train + n_val :], self.target.n_components)
 
@@ -456,7 +460,9 @@ class NpzDataModule(TensorDataModule):
         if not discrete:
             _refuse_pixels_as_floats(data, path, key)
         transform = (
-            DataTransform.discrete(int(levels), low, high, dequantize) if discrete else DataTransform.identity(data)
+            DataTransform.discrete(levels, low, high, dequantize)
+            if levels is not None
+            else DataTransform.identity(data)
         )
         if test_key is None:
             val, test = _split_sizes(len(data), val_fraction, 0.05 if test_fraction is None else test_fraction)

@@ -223,7 +223,7 @@ class ScoreModule(L.LightningModule):
             noise = step_noise(seed, x0.shape[0], rank, world, x0.device)
         else:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        score_fn = self.score_model
+        score_fn: ScoreFn = self.score_model
         if y is not None:
             y = self._drop_labels(y, noise) if noise is not None else y
             score_fn = partial(self.score_model, y=y)
@@ -238,7 +238,8 @@ class ScoreModule(L.LightningModule):
 
     def _logs_this_step(self) -> bool:
         step, trainer = self.global_step, self.trainer
-        return step % trainer.log_every_n_steps == 0 or step + 1 == trainer.max_steps
+        every = int(getattr(trainer, "log_every_n_steps", 50))  # set at run time by Lightning's logger connector
+        return step % every == 0 or step + 1 == trainer.max_steps
 
     @torch.no_grad()
     def validation_loss(self, loader: Iterable[Any]) -> float:
@@ -246,7 +247,7 @@ class ScoreModule(L.LightningModule):
         total, count = 0.0, 0
         for batch_idx, batch in enumerate(loader):
             batch = self.transfer_batch_to_device(batch, self.device, 0)
-            dm = self._trainer.datamodule if self._trainer is not None else None
+            dm = getattr(self._trainer, "datamodule", None)  # set at run time by Lightning
             batch = dm.on_after_batch_transfer(batch, 0) if dm is not None else batch
             x0, y = self._split_batch(batch)
             g = torch.Generator(device=self.device).manual_seed(batch_idx)
@@ -270,22 +271,23 @@ class ScoreModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         h = self.hparams
-        opt = torch.optim.Adam(self.parameters(), lr=h.lr, betas=tuple(h.betas), eps=h.eps, weight_decay=h.weight_decay)
-        return with_warmup(opt, h.warmup_steps)
+        betas = (float(h["betas"][0]), float(h["betas"][1]))
+        opt = torch.optim.Adam(self.parameters(), lr=h["lr"], betas=betas, eps=h["eps"], weight_decay=h["weight_decay"])
+        return with_warmup(opt, h["warmup_steps"])
 
     def configure_callbacks(self) -> list[L.Callback]:
-        if self.hparams.ema_decay is None:
+        if self.hparams["ema_decay"] is None:
             return []
         # Lightning's weight-averaging callback (swaps the average in for validation, saves it as the checkpoint's
         # state_dict) with PyTorch's fused foreach EMA: ~10x cheaper per step than the per-parameter update.
-        return [EMAWeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(self.hparams.ema_decay))]
+        return [EMAWeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(self.hparams["ema_decay"]))]
 
     # ---- sampling ----------------------------------------------------------------------------------------------
     def default_solver(self) -> tuple[str | Solver, dict[str, Any]]:
         """The model's ``sampler`` as ``(name, options)`` when it was given by name (so callers may override single
         options), else ``(instance, {})``."""
-        if isinstance(self.hparams.sampler, str):
-            return self.hparams.sampler, dict(self.hparams.get("sampler_options") or {})
+        if isinstance(self.hparams["sampler"], str):
+            return self.hparams["sampler"], dict(self.hparams.get("sampler_options") or {})
         return self.sampler, {}
 
     @torch.no_grad()
@@ -293,7 +295,7 @@ class ScoreModule(L.LightningModule):
         self,
         n: int,
         *,
-        solver: str | None = None,
+        solver: str | Solver | None = None,
         steps: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
@@ -330,7 +332,7 @@ class ScoreModule(L.LightningModule):
                 self.sde,
                 (n, *self.data_shape),
                 solver=self.default_solver()[0] if solver is None else solver,
-                steps=self.hparams.sample_steps if steps is None else steps,
+                steps=self.hparams["sample_steps"] if steps is None else steps,
                 generator=generator,
                 device=self.device,
                 progress=progress,

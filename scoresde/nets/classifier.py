@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .embeddings import make_embedding
-from .layers import Stage
+from .layers import Stage, Stages
 from .unet import _norm, _ResBlock
 
 __all__ = ["ConvClassifier"]
@@ -46,7 +46,7 @@ class ConvClassifier(nn.Module):
             make_embedding(embedding, emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
-        self.levels = nn.ModuleList()
+        self.levels = Stages()
         c = base_channels
         for i, mult in enumerate(channel_mult):
             level = Stage()

@@ -9,8 +9,8 @@ residual branch gets ``init_scale = 0`` (a tiny scale), so every block starts as
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +119,16 @@ class Stage(nn.Module):
 
     def __getattr__(self, name: str) -> Any:
         return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # a layer, or None where the configuration has none
+        super().__setattr__(name, value)
+
+
+class Stages(nn.ModuleList):
+    """An ``nn.ModuleList`` of :class:`Stage` (the same state-dict keys), iterated and indexed as stages."""
+
+    def __iter__(self) -> Iterator[Stage]:
+        return (cast(Stage, m) for m in super().__iter__())
 
 
 class FIRConv2d(nn.Module):

@@ -30,6 +30,7 @@ from .layers import (
     ResBlockBigGAN,
     ResBlockDDPM,
     Stage,
+    Stages,
     Upsample,
     conv3x3,
     group_norm,
@@ -123,7 +124,7 @@ class NCSNpp(nn.Module):
         # ---- downsampling path ----
         self.conv_in = conv3x3(in_channels, nf)
         skips, c, c_pyr = [nf], nf, in_channels
-        self.down = nn.ModuleList()
+        self.down = Stages()
         for level, mult in enumerate(ch_mult):
             stage = Stage()
             stage.blocks, stage.attn = nn.ModuleList(), nn.ModuleList()
@@ -152,7 +153,7 @@ class NCSNpp(nn.Module):
         self.mid = nn.ModuleList([resblock(c), attn(c), resblock(c)])
 
         # ---- upsampling path ----
-        self.up = nn.ModuleList()
+        self.up = Stages()
         c_pyr = 0
         for level in reversed(range(self.levels)):
             stage = Stage()
@@ -232,7 +233,10 @@ class NCSNpp(nn.Module):
                     pyramid = h = residual_sum(stage.pyramid(pyramid), h, self.skip_rescale)
             if level > 0:
                 h = stage.upsample(h) if self.resblock_type == "ddpm" else stage.upsample(h, temb)
-        return pyramid if self.progressive == "output_skip" else self.conv_out(h)
+        if self.progressive != "output_skip":
+            return self.conv_out(h)
+        assert pyramid is not None  # every up stage adds its output to the pyramid
+        return pyramid
 
 
 class DDPMpp(NCSNpp):

@@ -31,11 +31,11 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 import lightning as L
 
-from ..._utils import atomic_path
+from ..._utils import atomic_path, save_npz
 from ..classifier import ClassifierModule
 from ..cluster import check_devices
 from ..data import TensorDataModule
@@ -214,8 +214,11 @@ def _is_score_checkpoint(hparams: dict[str, Any]) -> bool:
     return "prediction" in hparams or "label_dropout" in hparams
 
 
-def load_model(ckpt: str | Path, device: torch.device | str = "cpu") -> ScoreModule:
-    """The :class:`ScoreModule` of a checkpoint (its state dict holds the EMA weights), in eval mode."""
+def load_model(ckpt: str | Path, device: torch.device | str = "cpu", block: int = 0) -> ScoreModule:
+    """The :class:`ScoreModule` of a checkpoint (its state dict holds the EMA weights), in eval mode; ``block > 0``
+    makes its network calls take exactly that many rows (``ScoreModel.block``: batch-size independent results)."""
+    if block < 0:
+        raise ValueError(f"--block must be >= 0 (0: no blocks), got {block}")
     hparams = read_checkpoint(ckpt).get("hyper_parameters", {})
     if not _is_score_checkpoint(hparams):
         raise ValueError(
@@ -223,6 +226,7 @@ def load_model(ckpt: str | Path, device: torch.device | str = "cpu") -> ScoreMod
         )
     # compile=False: sampling and likelihood run uncompiled (compiling is a training-time option)
     model = ScoreModule.load_from_checkpoint(_check_ckpt(ckpt), map_location=device, weights_only=False, compile=False)
+    model.score_model.block = block or None
     return model.eval()
 
 
@@ -352,7 +356,7 @@ class ShardTask(L.LightningModule, abc.ABC):
         return math.ceil(self.n / self.batch_size)
 
     @abc.abstractmethod
-    def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
+    def draw(self, start: int, count: int) -> dict[str, Any]:
         """The arrays of items ``start, ..., start + count - 1`` (each with its own seed, so shards are independent)."""
 
     def predict_step(self, shards: Tensor, batch_idx: int) -> Tensor:
@@ -361,15 +365,29 @@ class ShardTask(L.LightningModule, abc.ABC):
             if self._trainer is not None and self.trainer.received_sigterm:
                 # Lightning's handler only notes the signal; the predict loop never checks it (fit's does)
                 raise SIGTERMException
+            if k >= self.shards:  # a placeholder: fewer shards than ranks (see run_shards)
+                continue
             path = shard_path(self.folder, k)
             if path.exists():  # written by an earlier (interrupted) run
                 continue
             start = k * self.batch_size
             count = min(self.batch_size, self.n - start)
             arrays = self.draw(start, count)
-            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, index=np.arange(start, start + count), **arrays)
+            save_npz(path, {"index": np.arange(start, start + count), **arrays})
         return shards
+
+
+class _Numbers(Dataset[int]):
+    """``0, 1, ..., n - 1``: the shard numbers a predict loop deals out (batches of them are int64 tensors)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
 
 
 def run_shards(trainer: L.Trainer, task: ShardTask) -> bool:
@@ -379,7 +397,9 @@ def run_shards(trainer: L.Trainer, task: ShardTask) -> bool:
         # One shard per predict step; Lightning gives each rank its share of the list, without padding. The list is
         # all shards, not those still missing: ranks may start seconds apart (`ddp` relaunches the command), and the
         # split must not depend on what was on disk when each looked. Finished shards are skipped in the step.
-        loader = DataLoader(torch.arange(task.shards), batch_size=1, shuffle=False)
+        # Lightning's unpadded split gives every rank at least one step, so with fewer shards than ranks the list is
+        # filled up with numbers past the last shard, which the step skips.
+        loader = DataLoader(_Numbers(max(task.shards, trainer.world_size)), batch_size=1, shuffle=False)
         try:
             trainer.predict(task, loader, return_predictions=False)
         except SIGTERMException:

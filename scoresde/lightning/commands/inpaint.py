@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ... import plotting
-from ..._utils import atomic_path, file_digest
+from ..._utils import file_digest, save_npz
 from ...inverse import GrayObservation, MaskObservation, Observation, inpaint, steps_per_step
 from ...noise import derive_seeds
 from ...solvers import SOLVERS, get_solver
@@ -67,6 +67,11 @@ class InpaintConfig(DeviceOptions):
     options: dict[str, Any] = option({}, "solver options, or pass them as --name value")
     seed: int = option(0, "image j uses derive_seeds(seed, j)")
     batch_size: int = option(64, "images per batch and per shard", "--batch-size")
+    block: int = option(
+        64,
+        "the network takes exactly this many rows per call (the last block padded), so that results do not depend "
+        "on --batch-size or the device count; 0: the batch as it is (the same up to float rounding)",
+    )
     out: str = option(help="output directory", result=False)
 
 
@@ -159,7 +164,7 @@ def run_inpainting(cfg: InpaintConfig) -> Path | None:
     steps_per_step(cfg.method, cfg.resample)  # a bad --method/--resample pairing fails before any work
     get_solver(cfg.solver, **cfg.options)  # a bad name or option fails before any work
     ckpt = Path(cfg.ckpt)
-    model = load_model(ckpt)
+    model = load_model(ckpt, block=cfg.block)
     if model.data_shape is None:
         raise ValueError(f"{ckpt} records no data shape; train it with `scoresde fit`")
     observation, mask = _observation(cfg, model.data_shape)
@@ -180,8 +185,7 @@ def _merge(
 ) -> Path:
     samples = merged["samples"]
     final = out / "inpainted.npz"
-    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, originals=raw.numpy(), samples=samples, mask=mask.numpy(), nfe=int(merged["nfe"][0]))
+    save_npz(final, {"originals": raw.numpy(), "samples": samples, "mask": mask.numpy(), "nfe": int(merged["nfe"][0])})
     originals, completed = (
         model.transform.raw_to_unit(raw[:64]),
         model.transform.raw_to_unit(torch.as_tensor(samples[:64])),

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ... import plotting
-from ..._utils import atomic_path
+from ..._utils import atomic_path, save_npz
 from ...latent import decode, encode, interpolate
 from ...likelihood import log_likelihood, resolve_trace
 from ...metrics import mean_stderr
@@ -76,7 +76,7 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
     x = tf.forward_points(raw[: 2 * K], torch.arange(2 * K), cfg.seed).to(device)
     dim = x[0].numel()
     trace = resolve_trace(cfg.trace, dim)
-    ode = {"t_eps": cfg.t_eps, "rtol": cfg.rtol, "atol": cfg.atol}
+    ode: dict[str, Any] = {"t_eps": cfg.t_eps, "rtol": cfg.rtol, "atol": cfg.atol}
 
     with torch.no_grad():
         z = encode(score, sde, x, **ode)
@@ -98,17 +98,18 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
         bpd.append(res.bits_per_dim(tf.bpd_offset).reshape(K, M).cpu().double().numpy())
 
     weights = path.weights.numpy()
-    with atomic_path(out / "interpolation.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(
-            fh,
-            labels=np.array(labels),
-            x=torch.stack(decoded).numpy(),
-            z=torch.stack(latents).numpy(),
-            weights=weights,
-            bpd=np.stack(bpd),
-            endpoints=x.cpu().numpy(),
-            roundtrip_rel_error=roundtrip,
-        )
+    save_npz(
+        out / "interpolation.npz",
+        {
+            "labels": np.array(labels),
+            "x": torch.stack(decoded).numpy(),
+            "z": torch.stack(latents).numpy(),
+            "weights": weights,
+            "bpd": np.stack(bpd),
+            "endpoints": x.cpu().numpy(),
+            "roundtrip_rel_error": roundtrip,
+        },
+    )
     with atomic_path(out / "interpolation.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["interpolation", "pair", "step", "weight", "bits_per_dim"])

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..._utils import atomic_path, file_digest
+from ..._utils import atomic_path, file_digest, save_npz
 from ...analytic import GaussianMixture
-from ...likelihood import gaussian_logp, log_likelihood, nats_to_bits_per_dim, resolve_trace
+from ...likelihood import Trace, gaussian_logp, log_likelihood, nats_to_bits_per_dim, resolve_trace
 from ...metrics import mean_stderr
 from ...noise import PerSampleNoise, index_seeds
 from ...solvers.ode import check_ode_method
@@ -83,6 +83,11 @@ class LikelihoodConfig(DeviceOptions):
     rtol: float = option(1e-5, "relative tolerance of the ODE solve")
     atol: float = option(1e-5, "absolute tolerance of the ODE solve")
     batch_size: int = option(128, "points per block (one ODE system) and per shard", "--batch-size")
+    block: int = option(
+        64,
+        "the network takes exactly this many rows per call (the last block padded), so that results do not depend "
+        "on the device count; 0: the batch as it is",
+    )
     out: str = option(help="output directory", result=False)
 
 
@@ -96,7 +101,13 @@ class LikelihoodTask(ShardTask):
     the same value on 1 or N of them."""
 
     def __init__(
-        self, model: ScoreModule, transform: DataTransform, raw: Tensor, cfg: LikelihoodConfig, trace: str, parts: Path
+        self,
+        model: ScoreModule,
+        transform: DataTransform,
+        raw: Tensor,
+        cfg: LikelihoodConfig,
+        trace: Trace,
+        parts: Path,
     ) -> None:
         super().__init__(len(raw), cfg.batch_size, parts)
         self.model, self.transform, self.raw, self.cfg, self.trace = model, transform, raw, cfg, trace
@@ -119,7 +130,7 @@ class LikelihoodTask(ShardTask):
                 rtol=cfg.rtol,
                 atol=cfg.atol,
                 trace=self.trace,
-                probe=cfg.probe,
+                probe="gaussian" if cfg.probe == "gaussian" else "rademacher",  # checked in run_likelihood
                 n_probes=cfg.n_probes,
                 noise=noise,
             )
@@ -168,7 +179,9 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     if cfg.limit is not None and cfg.limit < 1:
         raise ValueError(f"--limit must be a positive number of points, got {cfg.limit}")
     check_ode_method(cfg.method)
-    model = load_model(cfg.ckpt)
+    if cfg.probe not in ("rademacher", "gaussian"):
+        raise ValueError(f"--probe must be rademacher or gaussian, got {cfg.probe!r}")
+    model = load_model(cfg.ckpt, block=cfg.block)
     dm = load_data(cfg.data, cfg.ckpt)
     if dm.transform != model.transform:
         raise ValueError(
@@ -195,8 +208,7 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     target = getattr(dm, "target", None)
     if isinstance(target, GaussianMixture) and dm.transform.levels is None:  # data drawn from a known density
         merged["exact_bpd"] = (-target.log_prob(raw.double()) / (dim * math.log(2))).numpy()[:, None]
-    with atomic_path(out / "likelihood.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **merged)
+    save_npz(out / "likelihood.npz", merged)
     summary = {
         **summarize(merged),
         "offset": dm.transform.bpd_offset,

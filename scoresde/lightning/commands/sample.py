@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ... import plotting
 from ..._typing import ScoreFn
-from ..._utils import atomic_path, file_digest
+from ..._utils import file_digest, save_npz
 from ...guidance import classifier_guidance, threshold
 from ...noise import derive_seeds
 from ...solvers import SOLVERS, TIME_GRIDS, Solver, get_solver
@@ -71,6 +71,11 @@ class SampleConfig(DeviceOptions):
     options: dict[str, Any] = option({}, "solver options, e.g. '{eta: 0.5}'; or pass --eta 0.5 (or --solver.eta 0.5)")
     n: int = option(64, "number of samples")
     batch_size: int = option(256, "samples per batch and per shard", "--batch-size")
+    block: int = option(
+        64,
+        "the network takes exactly this many rows per call (the last block padded), so that results do not depend "
+        "on --batch-size or the device count; 0: the batch as it is (the same up to float rounding)",
+    )
     seed: int = option(0, "run seed; sample j uses derive_seeds(seed, j)")
     denoise: bool = option(False, "finish with Tweedie's denoising step")
     t_end: float | None = option(None, "end time (default: the SDE's sampling_eps)")
@@ -136,7 +141,8 @@ def score_transform(
         if classifier is not None and labels is not None:
             score_fn = classifier_guidance(score_fn, classifier, labels, cfg.classifier_scale)
         if cfg.threshold is not None:
-            score_fn = threshold(score_fn, model.sde, cfg.threshold, percentile=cfg.percentile, low=low, high=high)
+            kind: Literal["static", "dynamic"] = "static" if cfg.threshold == "static" else "dynamic"  # checked before
+            score_fn = threshold(score_fn, model.sde, kind, percentile=cfg.percentile, low=low, high=high)
         return score_fn
 
     return transform
@@ -200,7 +206,7 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     if cfg.steps is not None and cfg.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {cfg.steps}")
     ckpt = Path(cfg.ckpt)
-    model = load_model(ckpt)
+    model = load_model(ckpt, block=cfg.block)
     solver, default_options = model.default_solver() if cfg.solver is None else (cfg.solver, {})
     options = {**default_options, **cfg.options}
     get_solver(solver, **options)  # fail on a bad name or option before any work
@@ -235,9 +241,9 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
 def _merge(model: ScoreModule, cfg: SampleConfig, solver: object, out: Path, merged: dict[str, np.ndarray]) -> Path:
     samples, nfe, labels = merged["samples"], merged["nfe"], merged.get("labels")
     final = out / "samples.npz"
-    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, samples=samples, nfe_per_sample=nfe, **({} if labels is None else {"labels": labels}))  # (N,) each
-    steps = model.hparams.sample_steps if cfg.steps is None else cfg.steps
+    extra = {} if labels is None else {"labels": labels}
+    save_npz(final, {"samples": samples, "nfe_per_sample": nfe, **extra})  # (N, *D), (N,), (N,)
+    steps = model.hparams["sample_steps"] if cfg.steps is None else cfg.steps
     title = f"{len(samples)} samples of {Path(cfg.ckpt).name}: {solver}, {steps} steps, {nfe.mean():.0f} NFE"
     plotting.samples_picture(samples, model.transform, out / "samples.png", labels=labels, title=title)
     print(
