@@ -46,7 +46,8 @@ def test_inpainting_is_bit_identical_on_1_2_3_devices_with_batches_of_1_5_64(dig
 
 
 def test_likelihood_is_bit_identical_on_1_2_3_devices(toy_ckpt, tmp_path):
-    # --block 64: blocks of 64 rows whatever the batch (the default blocks only batches of 64 or more)
+    # --block 64 (likelihood's default is no blocks): CPU processes under DDP run fewer threads each, and BLAS rounds
+    # a batch of 5 differently with 1 thread than with 2
     args = ["--limit", "37", "--batch-size", "5", "--block", "64", "--rtol", "1e-4", "--atol", "1e-4", "--progress",
             "false"]
     runs = {}
