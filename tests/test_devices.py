@@ -16,14 +16,19 @@ def _spread(devices):
     return ["--devices", str(devices), *(DDP if devices > 1 else [])]
 
 
-def test_sampling_is_bit_identical_on_1_2_3_devices_with_batches_of_1_5_64(toy_ckpt, tmp_path):
-    args = ["--solver", "euler_maruyama", "--steps", "4", "--n", "37", "--seed", "2", "--progress", "false"]
+def _over_grid(command, ckpt, tmp_path, args, result):
+    """``command`` for every (devices, batch size) of GRID: ``{(devices, batch): samples}`` from its ``result`` file."""
     runs = {}
     for devices, batch in GRID:
         out = tmp_path / f"d{devices}b{batch}"
-        run(["sample", "--ckpt", str(toy_ckpt), "--out", str(out), *args, "--batch-size", str(batch),
-             *_spread(devices)])
-        runs[devices, batch] = np.load(out / "samples.npz")["samples"]
+        run([command, "--ckpt", str(ckpt), "--out", str(out), *args, "--batch-size", str(batch), *_spread(devices)])
+        runs[devices, batch] = np.load(out / result)["samples"]
+    return runs
+
+
+def test_sampling_is_bit_identical_on_1_2_3_devices_with_batches_of_1_5_64(toy_ckpt, tmp_path):
+    args = ["--solver", "euler_maruyama", "--steps", "4", "--n", "37", "--seed", "2", "--progress", "false"]
+    runs = _over_grid("sample", toy_ckpt, tmp_path, args, "samples.npz")
     first = runs[1, 64]
     assert first.shape == (37, 2) and len(np.unique(first[:, 0])) == 37  # 37 different samples
     for key, samples in runs.items():
@@ -33,12 +38,7 @@ def test_sampling_is_bit_identical_on_1_2_3_devices_with_batches_of_1_5_64(toy_c
 def test_inpainting_is_bit_identical_on_1_2_3_devices_with_batches_of_1_5_64(digits_ckpt, tmp_path):
     args = ["--mask", "right", "--n", "37", "--solver", "euler_maruyama", "--steps", "3", "--seed", "4",
             "--progress", "false"]
-    runs = {}
-    for devices, batch in GRID:
-        out = tmp_path / f"d{devices}b{batch}"
-        run(["inpaint", "--ckpt", str(digits_ckpt), "--out", str(out), *args, "--batch-size", str(batch),
-             *_spread(devices)])
-        runs[devices, batch] = np.load(out / "inpainted.npz")["samples"]
+    runs = _over_grid("inpaint", digits_ckpt, tmp_path, args, "inpainted.npz")
     first = runs[1, 64]
     assert first.shape[0] == 37 and len({s.tobytes() for s in first}) == 37
     for key, samples in runs.items():
