@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up, train a score model on the 2-D ring of Gaussians (VP SDE, about a minute on 2 CPU cores),
+# The main job: set up, train a score model on the 2-D ring of Gaussians (VP SDE, about 30 s on 2 CPU cores),
 # sample 4,000 points with Euler–Maruyama, write runs/toy_vp/samples.png and print how close it is to the exact target;
 # then draw 4,000 more from the checkpoint with DPM-Solver++(2M) in 20 steps (runs/toy_vp/samples_dpm_solver_pp/),
 # and measure the model's bits/dim on test points against the exact density (runs/toy_vp/likelihood/).
