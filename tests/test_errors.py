@@ -34,6 +34,8 @@ def _cases(tmp_path, toy_ckpt):
     truncated.write_bytes(toy_ckpt.read_bytes()[:1000])
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")
+    classifier = tmp_path / "classifier.ckpt"  # what `scoresde classifier fit` writes, as far as the check reads it
+    torch.save({"state_dict": {}, "hyper_parameters": {"time_input": "auto", "lr": 1e-3, "t_eps": 1e-5}}, classifier)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     ck, out = str(toy_ckpt), str(tmp_path / "out")
@@ -65,6 +67,7 @@ def _cases(tmp_path, toy_ckpt):
         (["sample", "--ckpt", str(truncated), "--out", out], f"{truncated} is not a readable checkpoint"),
         (["sample", "--ckpt", str(text), "--out", out], f"{text} is not a readable checkpoint"),
         (["sample", "--ckpt", ck, "--classifier", ck, "--class", "1", "--out", out], f"{ck} is a score model checkpoint"),
+        (["sample", "--ckpt", str(classifier), "--out", out], f"{classifier} is not a score model checkpoint"),
         (["sample", "--ckpt", ck, "--steps", "0", "--out", out], "--steps must be a positive integer"),
         (["sample", "--ckpt", ck, "--n", "0", "--out", out], "--n and --batch-size must be positive"),
         (["sample", "--ckpt", ck, "--out", str(a_file)], f"--out {a_file} is a file"),
@@ -82,7 +85,7 @@ def test_every_bad_input_gets_one_line_and_exit_code_2(toy_ckpt, tmp_path, capsy
     monkeypatch.delenv("SCORESDE_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
     cases = _cases(tmp_path, toy_ckpt)
-    assert len(cases) >= 22
+    assert len(cases) >= 23
     for argv, first_words in cases:
         env = argv.pop() if isinstance(argv[-1], dict) else {}
         has_progress = argv[0] in ("sample", "likelihood", "interpolate", "inpaint")
