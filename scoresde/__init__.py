@@ -20,6 +20,8 @@ from .sampling import sample as sample
 from .sde import SDE as SDE
 from .sde import VESDE as VESDE
 from .sde import VPSDE as VPSDE
+from .sde import CosineVPSDE as CosineVPSDE
+from .sde import DiscreteVPSDE as DiscreteVPSDE
 from .sde import SubVPSDE as SubVPSDE
 from .sde import get_sde as get_sde
 from .solvers import SOLVERS as SOLVERS

@@ -27,11 +27,13 @@ __all__ = ["ScoreModel", "PREDICTIONS", "noise_condition"]
 
 Prediction = Literal["eps", "x0", "v", "score"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "score")
-TimeInput = Literal["auto", "t", "log_sigma"]
+TimeInput = Literal["auto", "t", "log_sigma", "timestep"]
+TIME_INPUTS: tuple[str, ...] = ("auto", "t", "log_sigma", "timestep")
 
 
 def noise_condition(sde: SDE, t: Tensor, kind: str = "auto") -> Tensor:
-    """The network's time input ``c_noise: (B,)``: ``999 t`` (``"t"``) or ``log sigma_t`` (``"log_sigma"``).
+    """The network's time input ``c_noise: (B,)``: ``999 t`` (``"t"``), ``log sigma_t`` (``"log_sigma"``) or the
+    discrete timestep ``N t - 1`` of a discrete schedule (``"timestep"``; ``n`` at ``t_n = (n + 1)/N``).
 
     ``"auto"`` takes the SDE's reference convention (``sde.noise_condition``).
     """
@@ -40,7 +42,12 @@ def noise_condition(sde: SDE, t: Tensor, kind: str = "auto") -> Tensor:
         return 999.0 * t
     if kind == "log_sigma":
         return sde.sigma(t).log()
-    raise ValueError(f"unknown time input {kind!r}; use 'auto', 't' or 'log_sigma'")
+    if kind == "timestep":
+        timestep_of = getattr(sde, "timestep_of", None)
+        if timestep_of is None:
+            raise ValueError(f"time input 'timestep' needs a discrete schedule (DiscreteVPSDE), not {sde!r}")
+        return timestep_of(t)
+    raise ValueError(f"unknown time input {kind!r}; use one of {', '.join(TIME_INPUTS)}")
 
 
 class ScoreModel(nn.Module):
@@ -51,7 +58,8 @@ class ScoreModel(nn.Module):
             ``c_noise: (B,)``; returns ``(B, *D)``.
         sde: the forward SDE that defines ``alpha_t`` and ``sigma_t``.
         prediction: what the network predicts: ``"eps"`` (default), ``"x0"``, ``"v"`` or ``"score"``.
-        time_input: ``"auto"`` (the SDE's reference convention), ``"t"`` (``999 t``) or ``"log_sigma"``.
+        time_input: ``"auto"`` (the SDE's reference convention), ``"t"`` (``999 t``), ``"log_sigma"`` or
+            ``"timestep"`` (``N t - 1``, discrete schedules).
 
     ``block`` (an attribute, ``None`` by default) makes every network call take exactly ``block`` rows: a batch is cut
     into blocks and the last one is filled up with copies of its last row. Matrix-multiply and convolution kernels
@@ -68,8 +76,8 @@ class ScoreModel(nn.Module):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; available: {', '.join(PREDICTIONS)}")
-        if time_input not in ("auto", "t", "log_sigma"):
-            raise ValueError(f"unknown time_input {time_input!r}; use 'auto', 't' or 'log_sigma'")
+        if time_input not in TIME_INPUTS:
+            raise ValueError(f"unknown time_input {time_input!r}; use one of {', '.join(TIME_INPUTS)}")
         self.net, self.sde, self.prediction, self.time_input = net, sde, prediction, time_input
 
     def extra_repr(self) -> str:

@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 
 import scoresde.solvers as solvers
-from scoresde import VESDE, VPSDE, GaussianMixture, SubVPSDE, sample
+from scoresde import VESDE, VPSDE, CosineVPSDE, DiscreteVPSDE, GaussianMixture, SubVPSDE, sample
 from scoresde.metrics import frechet_gaussian, mode_mass_error
 from scoresde.noise import PerSampleNoise, derive_seeds, splitmix64
 from scoresde.solvers import EulerMaruyama, Solver, SolverSDEIncompatible, State, get_solver, register_solver
@@ -30,7 +30,13 @@ CASES = {
     # sigma_max = the largest pairwise distance (≈ 23) leaves a prior mismatch at T that biases mode weights
     # (Fréchet ≈ 10× the floor even from a perfect solver); 100 makes it negligible.
     "img64-ve": (MIX64, VESDE(sigma_max=100.0)),
+    # DDPM's 1000-step linear table (log-SNR piecewise linear in t) and the continuous cosine schedule
+    "ring-discrete": (GaussianMixture.ring(), DiscreteVPSDE.linear()),
+    "ring-cosine": (GaussianMixture.ring(), CosineVPSDE()),
+    "img64-discrete": (MIX64, DiscreteVPSDE.linear()),
+    "img64-cosine": (MIX64, CosineVPSDE()),
 }
+SLOW_CASES = ("img64-subvp", "img64-ve", "img64-discrete", "img64-cosine")
 
 
 @functools.cache
@@ -66,7 +72,7 @@ GENEROUS = {
 # the corrector is meant for high-dimensional data (see docs/solvers.md), so it is checked on the 64-D target only.
 SKIP = {("pc-langevin", "ring")}
 MATRIX = [
-    pytest.param(c, k, id=f"{c}-{k}", marks=[pytest.mark.slow] if k in ("img64-subvp", "img64-ve") else [])
+    pytest.param(c, k, id=f"{c}-{k}", marks=[pytest.mark.slow] if k in SLOW_CASES else [])
     for c in GENEROUS
     for k in CASES
     if (c, k.split("-")[0]) not in SKIP
@@ -150,16 +156,38 @@ DETERMINISTIC = {  # name, options, grid, declared order
 }
 
 
-@pytest.mark.parametrize("sde_id", ["vp", "subvp", "ve"])
-@pytest.mark.parametrize("config", list(DETERMINISTIC))
+ORDER_SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(sigma_max=5.0), "discrete": DiscreteVPSDE.linear(),
+              "cosine": CosineVPSDE()}
+# On a discrete schedule the ODE's velocity jumps at each of the 1000 grid times (lambda(t) is piecewise linear), so
+# Runge-Kutta methods stepping in t drop to first order there; solvers stepping in lambda (DDIM, DPM-Solver, EDM's
+# Heun in sigma = e^-lambda) see a smooth problem and keep their orders. The dopri5 reference needs ~150k
+# evaluations through the kinks (a minute), so the discrete cases are slow tests.
+T_SPACE_RK = ("ode-midpoint", "ode-heun3", "ode-rk4")
+ORDER_MATRIX = [
+    pytest.param(c, k, id=f"{c}-{k}", marks=[pytest.mark.slow] if k == "discrete" else [])
+    for k in ORDER_SDES
+    for c in DETERMINISTIC
+    if not (k == "discrete" and c in T_SPACE_RK)
+]
+
+
+@functools.cache
+def _order_reference(sde_id):
+    """x_T and a dopri5 solve at rtol = atol = 1e-11 from it, in float64 (128 ring points)."""
+    gm, sde = GaussianMixture.ring(), ORDER_SDES[sde_id]
+    shape = (128, *gm.shape)
+    x_T = sde.prior_std * torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = sample(gm.score_fn(sde), sde, shape, solver="ode", rtol=1e-11, atol=1e-11, x_init=x_T, dtype=torch.float64)
+    return x_T, ref.x
+
+
+@pytest.mark.parametrize(("config", "sde_id"), ORDER_MATRIX)
 def test_deterministic_solvers_show_their_declared_order(config, sde_id):
     """Global error against a tight dopri5 solve from the same x_T, over 16, 32, 64, 128 steps, in float64."""
-    gm = GaussianMixture.ring()
-    sde = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(sigma_max=5.0)}[sde_id]
+    gm, sde = GaussianMixture.ring(), ORDER_SDES[sde_id]
     name, opts, grid, order = DETERMINISTIC[config]
     f, shape = gm.score_fn(sde), (128, *gm.shape)
-    x_T = sde.prior_std * torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ref = sample(f, sde, shape, solver="ode", rtol=1e-11, atol=1e-11, x_init=x_T, dtype=torch.float64).x
+    x_T, ref = _order_reference(sde_id)
     steps = [16, 32, 64, 128] if order >= 3 else [32, 64, 128, 256]  # each in its asymptotic range
     errs = []
     for n in steps:

@@ -42,7 +42,7 @@ class ClassifierModule(L.LightningModule):
         self,
         net: nn.Module,
         sde: SDE,
-        time_input: Literal["auto", "t", "log_sigma"] = "auto",
+        time_input: Literal["auto", "t", "log_sigma", "timestep"] = "auto",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,

@@ -95,7 +95,8 @@ class ScoreModule(L.LightningModule):
         sde: the forward SDE (``VPSDE``, ``SubVPSDE``, ``VESDE``).
         loss: denoising score-matching loss (default ``DSMLoss()``: ``sigma²`` weighting, ``t ~ U(1e-5, 1)``, mean).
         prediction: what the network predicts: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
-        time_input: network time input, ``"auto"`` (the SDE's reference convention), ``"t"`` or ``"log_sigma"``.
+        time_input: network time input, ``"auto"`` (the SDE's reference convention), ``"t"``, ``"log_sigma"`` or
+            ``"timestep"`` (``N t - 1`` of a discrete schedule).
         lr: Adam learning rate (2e-4 as in the reference configs).
         betas, eps, weight_decay: Adam settings.
         warmup_steps: linear learning-rate warm-up over this many optimizer steps (5000 in the reference).
@@ -128,7 +129,7 @@ class ScoreModule(L.LightningModule):
         sde: SDE,
         loss: DSMLoss | None = None,
         prediction: Literal["eps", "x0", "v", "score"] = "eps",
-        time_input: Literal["auto", "t", "log_sigma"] = "auto",
+        time_input: Literal["auto", "t", "log_sigma", "timestep"] = "auto",
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,

@@ -1,18 +1,21 @@
-"""Forward SDEs with Gaussian perturbation kernels: VP, sub-VP and VE."""
+"""Forward SDEs with Gaussian perturbation kernels: VP, sub-VP, cosine VP, discrete VP (DDPM tables) and VE."""
 
 from .base import SDE as SDE
 from .base import ProbabilityFlowODE as ProbabilityFlowODE
 from .base import ReverseSDE as ReverseSDE
+from .discrete import DiscreteVPSDE as DiscreteVPSDE
 from .ve import VESDE as VESDE
 from .vp import VPSDE as VPSDE
+from .vp import CosineVPSDE as CosineVPSDE
 from .vp import SubVPSDE as SubVPSDE
 
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 """SDE classes by short name."""
 
 
 def get_sde(name: str, **kwargs: float) -> SDE:
-    """Build an SDE by short name (``"vp"``, ``"subvp"``, ``"ve"``); an unknown name lists the valid ones."""
+    """Build an SDE by short name (``"vp"``, ``"subvp"``, ``"ve"``); an unknown name lists the valid ones. The
+    schedules of other models are classes: ``CosineVPSDE()``, ``DiscreteVPSDE.linear()``."""
     try:
         cls = SDES[name.lower()]
     except KeyError:

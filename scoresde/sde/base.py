@@ -32,10 +32,15 @@ class SDE(abc.ABC):
 
     T: float = 1.0
     prior_std: float = 1.0
-    sampling_eps: ClassVar[float] = 1e-3
-    """Default end time of sampling (the reference stops VP/sub-VP at 1e-3 and VE at 1e-5)."""
+    sampling_eps: float = 1e-3
+    """Default end time of sampling (the reference stops VP/sub-VP at 1e-3 and VE at 1e-5; a discrete schedule at
+    its first timestep, ``1/N``)."""
+    piecewise_in_t: ClassVar[bool] = False
+    """Whether ``lambda(t)`` is only piecewise smooth in ``t`` (discrete schedules): ODE integrators with step control
+    then integrate in ``lambda``, where the problem is smooth."""
     noise_condition: ClassVar[str] = "t"
-    """Reference convention for the network's time input: ``"t"`` (``999 t``) or ``"log_sigma"`` (``log sigma_t``)."""
+    """Reference convention for the network's time input: ``"t"`` (``999 t``), ``"log_sigma"`` (``log sigma_t``) or
+    ``"timestep"`` (``N t - 1``, discrete schedules)."""
 
     # ---- the four primitives ---------------------------------------------------------------------------------
     @abc.abstractmethod

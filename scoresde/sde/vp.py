@@ -1,6 +1,9 @@
-"""Variance-preserving (VP) and sub-VP SDEs (Song et al., 2021, eqs. 11 and 29)."""
+"""Variance-preserving (VP) and sub-VP SDEs (Song et al., 2021, eqs. 11 and 29), and the cosine VP schedule (Nichol &
+Dhariwal, 2021) in continuous time."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -8,7 +11,7 @@ from torch import Tensor
 from .._utils import append_dims
 from .base import SDE
 
-__all__ = ["VPSDE", "SubVPSDE"]
+__all__ = ["VPSDE", "SubVPSDE", "CosineVPSDE"]
 
 
 class VPSDE(SDE):
@@ -94,3 +97,57 @@ class SubVPSDE(VPSDE):
         # alpha / (1 - alpha²) = q = e^lambda  =>  q alpha² + alpha - q = 0  =>  alpha = 2q / (1 + sqrt(1 + 4q²))
         q = torch.exp(lam)
         return self._t_from_log_mean_coeff(torch.log(2 * q) - torch.log1p(torch.sqrt(1 + 4 * q**2)))
+
+
+class CosineVPSDE(SDE):
+    """The continuous cosine VP SDE: ``alpha_t² = abar(t) / abar(0)`` with ``abar(t) = cos²(((t + s)/(1 + s)) π/2)``
+    (improved DDPM), ``sigma_t² = 1 - alpha_t²``.
+
+    ``T = 0.9946`` by default (DPM-Solver's choice: ``abar`` vanishes at ``t = 1``, where the drift diverges).
+    ``f(t) = d log alpha / dt = -(π/2) tan(θ_t) / (1 + s)`` with ``θ_t = ((t + s)/(1 + s)) π/2``, ``g² = -2 f``.
+    """
+
+    noise_condition = "t"
+
+    def __init__(self, s: float = 0.008, T: float = 0.9946) -> None:
+        if not s > 0:
+            raise ValueError(f"CosineVPSDE needs s > 0, got {s}")
+        if not 0 < T < 1:
+            raise ValueError(f"CosineVPSDE needs 0 < T < 1 (alpha vanishes at t = 1), got {T}")
+        self.s, self.T = float(s), float(T)
+        self._log_cos0 = math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
+
+    def __repr__(self) -> str:
+        return f"CosineVPSDE(s={self.s:g}, T={self.T:g})"
+
+    def _theta(self, t: Tensor) -> Tensor:
+        return (t + self.s) / (1 + self.s) * (math.pi / 2)
+
+    def log_mean_coeff(self, t: Tensor) -> Tensor:
+        """``log alpha_t = log cos θ_t - log cos θ_0``: ``(B,)``."""
+        return torch.log(torch.cos(self._theta(t))) - self._log_cos0
+
+    def _alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(self.log_mean_coeff(t))
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(2 * self.log_mean_coeff(t)))
+
+    def _log_snr(self, t: Tensor) -> Tensor:
+        lmc = self.log_mean_coeff(t)
+        return lmc - 0.5 * torch.log(-torch.expm1(2 * lmc))
+
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        # log alpha = -½ softplus(-2 lambda); cos θ = alpha cos θ_0
+        log_alpha = -0.5 * torch.nn.functional.softplus(-2 * lam)
+        theta = torch.arccos(torch.exp(log_alpha + self._log_cos0))
+        return theta * (2 / math.pi) * (1 + self.s) - self.s
+
+    def _f(self, t: Tensor) -> Tensor:
+        return -(math.pi / 2) / (1 + self.s) * torch.tan(self._theta(t))
+
+    def _drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return append_dims(self._f(t), x.ndim).to(x.dtype) * x
+
+    def _diffusion(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-2 * self._f(t))
