@@ -95,3 +95,23 @@ def test_networks_of_discrete_models_see_the_timestep():
 def test_bad_tables_are_explained(betas, match):
     with pytest.raises(ValueError, match=match):
         DiscreteVPSDE(betas)
+
+
+def test_diffusers_spacings_land_on_the_timesteps_and_refuse_continuous_schedules():
+    from scoresde import VPSDE
+    from scoresde.solvers import get_timesteps
+
+    sde = DiscreteVPSDE.linear()
+    n_of = lambda ts: torch.round(sde.timestep_of(ts)).long().tolist()  # noqa: E731
+    lead = get_timesteps("leading", sde, sde.sampling_eps, 10)
+    assert n_of(lead) == list(range(900, -1, -100))  # ends on timestep 0: 10 timesteps, 9 steps
+    trail = get_timesteps("trailing", sde, sde.sampling_eps, 10)
+    assert n_of(trail) == [*range(999, 0, -100), 0]  # 999 … 99, then timestep 0 = t_end
+    assert torch.allclose(sde.timestep_of(trail[:-1]), torch.round(sde.timestep_of(trail[:-1])), atol=1e-9)
+    assert n_of(get_timesteps("linspace", sde, sde.sampling_eps, 4)) == [999, 666, 333, 0]
+    with pytest.raises(ValueError, match="spaces the timesteps of a discrete schedule"):
+        get_timesteps("trailing", VPSDE(), 1e-3, 10)
+    with pytest.raises(ValueError, match="1001 steps on a schedule of 1000 timesteps"):
+        get_timesteps("leading", sde, sde.sampling_eps, 1001)
+    with pytest.raises(ValueError, match="on discrete schedules also: leading, trailing, linspace"):
+        get_timesteps("spaced", sde, sde.sampling_eps, 10)

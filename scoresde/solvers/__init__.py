@@ -34,5 +34,6 @@ from .sde import Milstein as Milstein
 from .sde import ReverseDiffusion as ReverseDiffusion
 from .sde import ReversibleHeun as ReversibleHeun
 from .sde import TorchSDE as TorchSDE
+from .timesteps import DISCRETE_GRIDS as DISCRETE_GRIDS
 from .timesteps import TIME_GRIDS as TIME_GRIDS
 from .timesteps import get_timesteps as get_timesteps

@@ -15,7 +15,17 @@ from torch import Tensor
 
 from ..sde import SDE
 
-__all__ = ["uniform", "quadratic", "log_snr", "karras", "TIME_GRIDS", "get_timesteps"]
+__all__ = [
+    "uniform",
+    "quadratic",
+    "log_snr",
+    "karras",
+    "leading",
+    "trailing",
+    "linspace",
+    "TIME_GRIDS",
+    "get_timesteps",
+]
 
 
 def _log_snr_ends(sde: SDE, t_end: float) -> tuple[float, float]:
@@ -50,6 +60,54 @@ def karras(sde: SDE, t_end: float, steps: int, rho: float = 7.0) -> Tensor:
     return _pin_ends(sde.t_from_log_snr(-torch.log(s)), sde.T, t_end)
 
 
+# ---- the discrete timesteps of a DDPM table, spaced as diffusers' schedulers space them -------------------------
+def _on_timesteps(sde: SDE, name: str, n: Tensor, t_end: float) -> Tensor:
+    """Times ``(n + 1)/N`` of the decreasing timesteps ``n``, then ``t_end`` (timestep 0 at ``1/N`` by default): the
+    step from the last timestep goes where diffusers' goes when ``set_alpha_to_one=False``. When the last timestep is
+    0 itself, that step would change nothing (diffusers spends one evaluation on it) and the grid ends there."""
+    time_of = getattr(sde, "time_of", None)
+    if time_of is None:
+        raise ValueError(f"time grid {name!r} spaces the timesteps of a discrete schedule (DiscreteVPSDE), not {sde!r}")
+    ts = time_of(n)
+    if float(ts[-1]) > t_end:
+        ts = torch.cat([ts, torch.tensor([t_end], dtype=torch.float64)])
+    elif float(ts[-1]) < t_end:
+        raise ValueError(
+            f"time grid {name!r} reaches timestep {int(n[-1])} (t = {float(ts[-1]):g}) below t_end={t_end:g}"
+        )
+    return ts
+
+
+def _num_timesteps(sde: SDE, steps: int, name: str) -> int:
+    N = int(getattr(sde, "num_timesteps", 0))
+    if not N:
+        raise ValueError(f"time grid {name!r} spaces the timesteps of a discrete schedule (DiscreteVPSDE), not {sde!r}")
+    if steps > N:
+        raise ValueError(f"time grid {name!r}: {steps} steps on a schedule of {N} timesteps")
+    return N
+
+
+def leading(sde: SDE, t_end: float, steps: int) -> Tensor:
+    """diffusers' ``leading`` spacing: timesteps ``k (N // S)``, ``k = S-1 … 0`` (DDIM's original choice)."""
+    N = _num_timesteps(sde, steps, "leading")
+    n = torch.arange(steps - 1, -1, -1, dtype=torch.float64) * (N // steps)
+    return _on_timesteps(sde, "leading", n, t_end)
+
+
+def trailing(sde: SDE, t_end: float, steps: int) -> Tensor:
+    """diffusers' ``trailing`` spacing: ``round(N - k N/S) - 1``, ``k = 0 … S-1``: starts at the last timestep."""
+    N = _num_timesteps(sde, steps, "trailing")
+    n = torch.round(N - torch.arange(steps, dtype=torch.float64) * (N / steps)) - 1
+    return _on_timesteps(sde, "trailing", n, t_end)
+
+
+def linspace(sde: SDE, t_end: float, steps: int) -> Tensor:
+    """diffusers' ``linspace`` spacing: ``round(linspace(0, N - 1, S))`` reversed."""
+    N = _num_timesteps(sde, steps, "linspace")
+    n = torch.round(torch.linspace(0, N - 1, steps, dtype=torch.float64)).flip(0)
+    return _on_timesteps(sde, "linspace", n, t_end)
+
+
 def _pin_ends(ts: Tensor, T: float, t_end: float) -> Tensor:
     """Set the ends exactly (the round trip through log-SNR is accurate to ~1e-15, not bit-exact)."""
     ts[0], ts[-1] = T, t_end
@@ -64,16 +122,29 @@ TIME_GRIDS: dict[str, Callable[[SDE, float, int], Tensor]] = {
 }
 """Time grids by name: ``grid(sde, t_end, steps) -> (steps + 1,)`` float64, decreasing from ``sde.T``."""
 
+DISCRETE_GRIDS: dict[str, Callable[[SDE, float, int], Tensor]] = {
+    "leading": leading,
+    "trailing": trailing,
+    "linspace": linspace,
+}
+"""diffusers' timestep spacings, for discrete schedules: decreasing float64 grids on the table's timesteps, from the
+first timestep (not always ``T``) to ``t_end`` (``steps + 1`` points, or ``steps`` when they end on timestep 0)."""
+
 
 def get_timesteps(name: str, sde: SDE, t_end: float, steps: int) -> Tensor:
-    """Build the grid ``name`` (see :data:`TIME_GRIDS`); checks ``0 < t_end < T`` and ``steps >= 1``."""
-    if name not in TIME_GRIDS:
-        raise ValueError(f"unknown time grid {name!r}; available: {', '.join(TIME_GRIDS)}")
+    """Build the grid ``name`` (see :data:`TIME_GRIDS` and :data:`DISCRETE_GRIDS`); checks ``0 < t_end < T`` and
+    ``steps >= 1``."""
+    grids = {**TIME_GRIDS, **DISCRETE_GRIDS}
+    if name not in grids:
+        raise ValueError(
+            f"unknown time grid {name!r}; available: {', '.join(TIME_GRIDS)}; "
+            f"on discrete schedules also: {', '.join(DISCRETE_GRIDS)}"
+        )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not 0 < t_end < sde.T:
         raise ValueError(f"the end time must satisfy 0 < t_end < T = {sde.T:g}, got t_end={t_end!r}")
-    ts = TIME_GRIDS[name](sde, float(t_end), steps)
+    ts = grids[name](sde, float(t_end), steps)
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(f"time grid {name!r} is not strictly decreasing for {steps} steps down to t_end={t_end:g}")
     return ts

@@ -40,7 +40,7 @@ from ..._typing import ScoreFn
 from ..._utils import file_digest, save_npz
 from ...guidance import classifier_guidance, threshold
 from ...noise import derive_seeds
-from ...solvers import SOLVERS, TIME_GRIDS, Solver, get_solver
+from ...solvers import DISCRETE_GRIDS, SOLVERS, TIME_GRIDS, Solver, get_solver
 from ..classifier import ClassifierModule
 from ..module import ScoreModule
 from ._common import (
@@ -67,7 +67,9 @@ class SampleConfig(DeviceOptions):
     ckpt: str = option(help="checkpoint written by `scoresde fit` (EMA weights)")
     solver: str | None = option(None, f"one of: {', '.join(sorted(SOLVERS))} (default: the model's)")
     steps: int | None = option(None, "solver steps (default: the model's sample_steps)")
-    grid: str = option("uniform", f"time grid: {', '.join(TIME_GRIDS)}")
+    grid: str = option(
+        "uniform", f"time grid: {', '.join([*TIME_GRIDS, *DISCRETE_GRIDS])} (the last three: discrete schedules)"
+    )
     options: dict[str, Any] = option({}, "solver options, e.g. '{eta: 0.5}'; or pass --eta 0.5 (or --solver.eta 0.5)")
     n: int = option(64, "number of samples")
     batch_size: int = option(256, "samples per batch and per shard", "--batch-size")
