@@ -67,6 +67,20 @@ def with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> dict[str
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def ema_warmup_fn(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """``AveragedModel``'s ``multi_avg_fn`` for an EMA whose decay ramps up: update ``n`` (1, 2, ...) uses
+    ``d_n = min(decay, (1 + n) / (10 + n))`` (the usual warm-up), so a short run averages its recent weights rather
+    than its random start; past ``n ≈ 9 decay / (1 - decay)`` it is the plain EMA."""
+
+    @torch.no_grad()
+    def update(ema: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
+        n = float(n_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(ema, current, 1 - d)
+
+    return update
+
+
 class EMAWeightAveraging(WeightAveraging):
     """Lightning's ``WeightAveraging`` that keeps the raw weights in a checkpoint written after training ended.
 
@@ -103,6 +117,8 @@ class ScoreModule(L.LightningModule):
         ema_decay: decay of the exponential moving average of the weights (Lightning's ``WeightAveraging``); the EMA
             weights are used for validation and sampling and are what the checkpoint's ``state_dict`` holds.
             ``None`` disables it.
+        ema_warmup: ramp the decay up as ``min(ema_decay, (1 + n)/(10 + n))`` over the first updates, so that a short
+            run's average is not still mostly its random start (``false``: the plain EMA from the first step).
         sampler: the solver :meth:`sample` (and sample callbacks) use: a name from ``scoresde.SOLVERS`` or a
             :class:`~scoresde.solvers.Solver` instance (YAML: ``{class_path: scoresde.solvers.DPMSolverPP,
             init_args: {order: 3}}``).
@@ -136,6 +152,7 @@ class ScoreModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 5000,
         ema_decay: float | None = 0.9999,
+        ema_warmup: bool = True,
         sampler: str | Solver = "euler_maruyama",
         sampler_options: dict[str, Any] | None = None,
         sample_steps: int = 500,
@@ -281,7 +298,9 @@ class ScoreModule(L.LightningModule):
             return []
         # Lightning's weight-averaging callback (swaps the average in for validation, saves it as the checkpoint's
         # state_dict) with PyTorch's fused foreach EMA: ~10x cheaper per step than the per-parameter update.
-        return [EMAWeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(self.hparams["ema_decay"]))]
+        decay = self.hparams["ema_decay"]
+        average = ema_warmup_fn(decay) if self.hparams.get("ema_warmup", False) else get_ema_multi_avg_fn(decay)
+        return [EMAWeightAveraging(multi_avg_fn=average)]
 
     # ---- sampling ----------------------------------------------------------------------------------------------
     def default_solver(self) -> tuple[str | Solver, dict[str, Any]]:
