@@ -232,7 +232,9 @@ class ScoreModule(L.LightningModule):
         drop = noise.uniform(y.device) < p
         return torch.where(drop.view(-1, *([1] * (y.ndim - 1))), null_condition(y), y)
 
-    def _shared_step(self, batch: Tensor | tuple[Tensor, ...], stage: str, seed: int) -> Tensor:
+    def _loss(self, batch: Tensor | tuple[Tensor, ...], stage: str, seed: int) -> tuple[Tensor, int]:
+        """The batch's loss and size: training noise per example (:func:`step_noise`), other stages from a generator
+        seeded by ``seed`` (the batch index, so that their losses compare across epochs)."""
         x0, y = self._split_batch(batch)
         self._check_batch(x0)
         generator, noise = None, None
@@ -245,13 +247,16 @@ class ScoreModule(L.LightningModule):
         if y is not None:
             y = self._drop_labels(y, noise) if noise is not None else y
             score_fn = partial(self.score_model, y=y)
-        loss = self.loss(score_fn, self.sde, x0, generator=generator, noise=noise)
+        return self.loss(score_fn, self.sde, x0, generator=generator, noise=noise), x0.shape[0]
+
+    def _shared_step(self, batch: Tensor | tuple[Tensor, ...], stage: str, seed: int) -> Tensor:
+        loss, size = self._loss(batch, stage, seed)
         if stage != "train":
-            self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
+            self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, batch_size=size, sync_dist=True)
         elif self._trainer is None or self._logs_this_step():
             # only on the steps Lightning writes to the logger and the last: logging costs ~1 ms, a sizeable share
             # of a toy step
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0])
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
         return loss
 
     def _logs_this_step(self) -> bool:
@@ -261,17 +266,20 @@ class ScoreModule(L.LightningModule):
 
     @torch.no_grad()
     def validation_loss(self, loader: Iterable[Any]) -> float:
-        """Mean loss over ``loader``'s batches (already in model space) with the seeds ``validation_step`` uses."""
+        """Mean loss over ``loader``'s raw batches (mapped to model space by the run's DataModule), in eval mode and
+        with the seeds ``validation_step`` uses: the validation loss of the current weights, outside the loop."""
+        dm = getattr(self._trainer, "datamodule", None)  # set at run time by Lightning
+        was_training = self.training
+        self.eval()
         total, count = 0.0, 0
-        for batch_idx, batch in enumerate(loader):
-            batch = self.transfer_batch_to_device(batch, self.device, 0)
-            dm = getattr(self._trainer, "datamodule", None)  # set at run time by Lightning
-            batch = dm.on_after_batch_transfer(batch, 0) if dm is not None else batch
-            x0, y = self._split_batch(batch)
-            g = torch.Generator(device=self.device).manual_seed(batch_idx)
-            score_fn = self.score_model if y is None else partial(self.score_model, y=y)
-            total += float(self.loss(score_fn, self.sde, x0, generator=g)) * len(x0)
-            count += len(x0)
+        try:
+            for batch_idx, batch in enumerate(loader):
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+                batch = dm.on_after_batch_transfer(batch, 0) if dm is not None else batch
+                loss, size = self._loss(batch, "val", batch_idx)
+                total, count = total + float(loss) * size, count + size
+        finally:
+            self.train(was_training)
         return total / max(count, 1)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
