@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import append_dims
-from .sde import SDE
+from .sde import SDE, DiscreteVPSDE
 
 __all__ = ["ScoreModel", "PREDICTIONS", "noise_condition"]
 
@@ -43,10 +43,9 @@ def noise_condition(sde: SDE, t: Tensor, kind: str = "auto") -> Tensor:
     if kind == "log_sigma":
         return sde.sigma(t).log()
     if kind == "timestep":
-        timestep_of = getattr(sde, "timestep_of", None)
-        if timestep_of is None:
+        if not isinstance(sde, DiscreteVPSDE):
             raise ValueError(f"time input 'timestep' needs a discrete schedule (DiscreteVPSDE), not {sde!r}")
-        return timestep_of(t)
+        return sde.timestep_of(t)
     raise ValueError(f"unknown time input {kind!r}; use one of {', '.join(TIME_INPUTS)}")
 
 

@@ -76,18 +76,8 @@ class ClassifierModule(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(1) == y).float().mean()
         on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            prog_bar=True,
-            on_step=on_step,
-            on_epoch=not on_step,
-            batch_size=len(y),
-            sync_dist=not on_step,
-        )
-        self.log(
-            f"{stage}/acc",
-            acc,
+        self.log_dict(
+            {f"{stage}/loss": loss, f"{stage}/acc": acc},
             prog_bar=True,
             on_step=on_step,
             on_epoch=not on_step,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..sde import SDE
+from ..sde import SDE, DiscreteVPSDE
 
 __all__ = [
     "uniform",
@@ -61,14 +61,20 @@ def karras(sde: SDE, t_end: float, steps: int, rho: float = 7.0) -> Tensor:
 
 
 # ---- the discrete timesteps of a DDPM table, spaced as diffusers' schedulers space them -------------------------
-def _on_timesteps(sde: SDE, name: str, n: Tensor, t_end: float) -> Tensor:
+def _discrete(sde: SDE, steps: int, name: str) -> DiscreteVPSDE:
+    """``sde`` as the discrete schedule the spacing ``name`` needs, with at least ``steps`` timesteps."""
+    if not isinstance(sde, DiscreteVPSDE):
+        raise ValueError(f"time grid {name!r} spaces the timesteps of a discrete schedule (DiscreteVPSDE), not {sde!r}")
+    if steps > sde.num_timesteps:
+        raise ValueError(f"time grid {name!r}: {steps} steps on a schedule of {sde.num_timesteps} timesteps")
+    return sde
+
+
+def _on_timesteps(sde: DiscreteVPSDE, name: str, n: Tensor, t_end: float) -> Tensor:
     """Times ``(n + 1)/N`` of the decreasing timesteps ``n``, then ``t_end`` (timestep 0 at ``1/N`` by default): the
     step from the last timestep goes where diffusers' goes when ``set_alpha_to_one=False``. When the last timestep is
     0 itself, that step would change nothing (diffusers spends one evaluation on it) and the grid ends there."""
-    time_of = getattr(sde, "time_of", None)
-    if time_of is None:
-        raise ValueError(f"time grid {name!r} spaces the timesteps of a discrete schedule (DiscreteVPSDE), not {sde!r}")
-    ts = time_of(n)
+    ts = sde.time_of(n)
     if float(ts[-1]) > t_end:
         ts = torch.cat([ts, torch.tensor([t_end], dtype=torch.float64)])
     elif float(ts[-1]) < t_end:
@@ -78,34 +84,28 @@ def _on_timesteps(sde: SDE, name: str, n: Tensor, t_end: float) -> Tensor:
     return ts
 
 
-def _num_timesteps(sde: SDE, steps: int, name: str) -> int:
-    N = int(getattr(sde, "num_timesteps", 0))
-    if not N:
-        raise ValueError(f"time grid {name!r} spaces the timesteps of a discrete schedule (DiscreteVPSDE), not {sde!r}")
-    if steps > N:
-        raise ValueError(f"time grid {name!r}: {steps} steps on a schedule of {N} timesteps")
-    return N
-
-
 def leading(sde: SDE, t_end: float, steps: int) -> Tensor:
     """diffusers' ``leading`` spacing: timesteps ``k (N // S)``, ``k = S-1 … 0`` (DDIM's original choice)."""
-    N = _num_timesteps(sde, steps, "leading")
+    table = _discrete(sde, steps, "leading")
+    N = table.num_timesteps
     n = torch.arange(steps - 1, -1, -1, dtype=torch.float64) * (N // steps)
-    return _on_timesteps(sde, "leading", n, t_end)
+    return _on_timesteps(table, "leading", n, t_end)
 
 
 def trailing(sde: SDE, t_end: float, steps: int) -> Tensor:
     """diffusers' ``trailing`` spacing: ``round(N - k N/S) - 1``, ``k = 0 … S-1``: starts at the last timestep."""
-    N = _num_timesteps(sde, steps, "trailing")
+    table = _discrete(sde, steps, "trailing")
+    N = table.num_timesteps
     n = torch.round(N - torch.arange(steps, dtype=torch.float64) * (N / steps)) - 1
-    return _on_timesteps(sde, "trailing", n, t_end)
+    return _on_timesteps(table, "trailing", n, t_end)
 
 
 def linspace(sde: SDE, t_end: float, steps: int) -> Tensor:
     """diffusers' ``linspace`` spacing: ``round(linspace(0, N - 1, S))`` reversed."""
-    N = _num_timesteps(sde, steps, "linspace")
+    table = _discrete(sde, steps, "linspace")
+    N = table.num_timesteps
     n = torch.round(torch.linspace(0, N - 1, steps, dtype=torch.float64)).flip(0)
-    return _on_timesteps(sde, "linspace", n, t_end)
+    return _on_timesteps(table, "linspace", n, t_end)
 
 
 def _pin_ends(ts: Tensor, T: float, t_end: float) -> Tensor:

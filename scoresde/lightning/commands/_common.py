@@ -214,6 +214,13 @@ def _is_score_checkpoint(hparams: dict[str, Any]) -> bool:
     return "prediction" in hparams or "label_dropout" in hparams
 
 
+BLOCK_HELP = (
+    "the network takes exactly this many rows per call (the last block padded), so that results do not depend on "
+    "--batch-size or the device count; 0: the batch as it is (the same up to float rounding)"
+)
+"""The help of the ``--block`` option of the commands that sample (``ScoreModel.block``)."""
+
+
 def load_model(ckpt: str | Path, device: torch.device | str = "cpu", block: int = 0) -> ScoreModule:
     """The :class:`ScoreModule` of a checkpoint (its state dict holds the EMA weights), in eval mode; ``block > 0``
     makes its network calls take exactly that many rows (``ScoreModel.block``: batch-size independent results)."""

@@ -31,6 +31,7 @@ from ...noise import derive_seeds
 from ...solvers import SOLVERS, get_solver
 from ..module import ScoreModule
 from ._common import (
+    BLOCK_HELP,
     DeviceOptions,
     ShardTask,
     build_parser,
@@ -67,11 +68,7 @@ class InpaintConfig(DeviceOptions):
     options: dict[str, Any] = option({}, "solver options, or pass them as --name value")
     seed: int = option(0, "image j uses derive_seeds(seed, j)")
     batch_size: int = option(64, "images per batch and per shard", "--batch-size")
-    block: int = option(
-        64,
-        "the network takes exactly this many rows per call (the last block padded), so that results do not depend "
-        "on --batch-size or the device count; 0: the batch as it is (the same up to float rounding)",
-    )
+    block: int = option(64, BLOCK_HELP)
     out: str = option(help="output directory", result=False)
 
 

@@ -44,6 +44,7 @@ from ...solvers import DISCRETE_GRIDS, SOLVERS, TIME_GRIDS, Solver, get_solver
 from ..classifier import ClassifierModule
 from ..module import ScoreModule
 from ._common import (
+    BLOCK_HELP,
     DeviceOptions,
     ShardTask,
     build_parser,
@@ -73,11 +74,7 @@ class SampleConfig(DeviceOptions):
     options: dict[str, Any] = option({}, "solver options, e.g. '{eta: 0.5}'; or pass --eta 0.5 (or --solver.eta 0.5)")
     n: int = option(64, "number of samples")
     batch_size: int = option(256, "samples per batch and per shard", "--batch-size")
-    block: int = option(
-        64,
-        "the network takes exactly this many rows per call (the last block padded), so that results do not depend "
-        "on --batch-size or the device count; 0: the batch as it is (the same up to float rounding)",
-    )
+    block: int = option(64, BLOCK_HELP)
     seed: int = option(0, "run seed; sample j uses derive_seeds(seed, j)")
     denoise: bool = option(False, "finish with Tweedie's denoising step")
     t_end: float | None = option(None, "end time (default: the SDE's sampling_eps)")
