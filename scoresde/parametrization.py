@@ -6,9 +6,14 @@ With ``x_t = alpha_t x_0 + sigma_t eps`` (any SDE of :mod:`scoresde.sde`), the f
     x0     score = (alpha_t x0 - x_t) / sigma_t²
     v      v = alpha_t eps - sigma_t x0  ⇒  eps = (sigma_t x_t + alpha_t v) / (alpha_t² + sigma_t²)
     score  the network output is the score itself
+    edm    EDM's preconditioned denoiser (Karras et al., 2022, eq. 7 and Table 1), in the scaled view
+           x̃ = x_t / alpha_t = x_0 + σ eps with σ = sigma_t / alpha_t (so it applies to any SDE; σ = sigma_t for VE):
+               D(x̃; σ) = c_skip x̃ + c_out F(c_in x̃; c_noise)  is the prediction of x0, with
+               c_skip = σ_d² / (σ² + σ_d²),  c_out = σ σ_d / √(σ² + σ_d²),  c_in = 1 / √(σ² + σ_d²),  c_noise = ¼ ln σ
 
-The network sees ``(x_t, c_noise)`` where ``c_noise`` follows the reference conventions: ``999 t`` for VP/sub-VP
-(embedded sinusoidally) and ``log sigma_t`` for VE (embedded with Gaussian Fourier features). A conditional network
+The network sees ``(x_t, c_noise)`` (``(c_in x̃, c_noise)`` for ``edm``) where ``c_noise`` follows the reference
+conventions: ``999 t`` for VP/sub-VP (embedded sinusoidally), ``log sigma_t`` for VE (embedded with Gaussian Fourier
+features) and ``¼ ln σ`` for EDM (Fourier features suit it). A conditional network
 also sees the condition ``y``: class labels ``(B,)`` with ``-1`` the null label, or vectors ``(B, C)`` with NaN rows
 null; ``y=None`` calls the network as ``net(x_t, c_noise)``.
 """
@@ -25,15 +30,16 @@ from .sde import SDE, DiscreteVPSDE
 
 __all__ = ["ScoreModel", "PREDICTIONS", "noise_condition"]
 
-Prediction = Literal["eps", "x0", "v", "score"]
-PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "score")
-TimeInput = Literal["auto", "t", "log_sigma", "timestep"]
-TIME_INPUTS: tuple[str, ...] = ("auto", "t", "log_sigma", "timestep")
+Prediction = Literal["eps", "x0", "v", "score", "edm"]
+PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "score", "edm")
+TimeInput = Literal["auto", "t", "log_sigma", "timestep", "edm"]
+TIME_INPUTS: tuple[str, ...] = ("auto", "t", "log_sigma", "timestep", "edm")
 
 
 def noise_condition(sde: SDE, t: Tensor, kind: str = "auto") -> Tensor:
-    """The network's time input ``c_noise: (B,)``: ``999 t`` (``"t"``), ``log sigma_t`` (``"log_sigma"``) or the
-    discrete timestep ``N t - 1`` of a discrete schedule (``"timestep"``; ``n`` at ``t_n = (n + 1)/N``).
+    """The network's time input ``c_noise: (B,)``: ``999 t`` (``"t"``), ``log sigma_t`` (``"log_sigma"``), the
+    discrete timestep ``N t - 1`` of a discrete schedule (``"timestep"``; ``n`` at ``t_n = (n + 1)/N``) or EDM's
+    ``¼ ln(sigma_t / alpha_t)`` (``"edm"``).
 
     ``"auto"`` takes the SDE's reference convention (``sde.noise_condition``).
     """
@@ -42,6 +48,8 @@ def noise_condition(sde: SDE, t: Tensor, kind: str = "auto") -> Tensor:
         return 999.0 * t
     if kind == "log_sigma":
         return sde.sigma(t).log()
+    if kind == "edm":
+        return -0.25 * sde.log_snr(t)  # lambda_t = log(alpha_t / sigma_t) = -ln σ
     if kind == "timestep":
         if not isinstance(sde, DiscreteVPSDE):
             raise ValueError(f"time input 'timestep' needs a discrete schedule (DiscreteVPSDE), not {sde!r}")
@@ -56,9 +64,11 @@ class ScoreModel(nn.Module):
         net: module called as ``net(x_t, c_noise)`` (or ``net(x_t, c_noise, y)`` with a condition) with ``x_t: (B, *D)``,
             ``c_noise: (B,)``; returns ``(B, *D)``.
         sde: the forward SDE that defines ``alpha_t`` and ``sigma_t``.
-        prediction: what the network predicts: ``"eps"`` (default), ``"x0"``, ``"v"`` or ``"score"``.
-        time_input: ``"auto"`` (the SDE's reference convention), ``"t"`` (``999 t``), ``"log_sigma"`` or
-            ``"timestep"`` (``N t - 1``, discrete schedules).
+        prediction: what the network predicts: ``"eps"`` (default), ``"x0"``, ``"v"``, ``"score"`` or ``"edm"``
+            (EDM's ``F`` of the preconditioned denoiser, fed ``c_in x̃``).
+        time_input: ``"auto"`` (the SDE's reference convention; EDM's ``¼ ln σ`` for ``prediction="edm"``),
+            ``"t"`` (``999 t``), ``"log_sigma"``, ``"timestep"`` (``N t - 1``, discrete schedules) or ``"edm"``.
+        sigma_data: EDM's ``σ_d``, the data standard deviation the preconditioning assumes (0.5 for data in [-1, 1]).
 
     ``block`` (an attribute, ``None`` by default) makes every network call take exactly ``block`` rows: a batch is cut
     into blocks and the last one is filled up with copies of its last row. Matrix-multiply and convolution kernels
@@ -70,17 +80,28 @@ class ScoreModel(nn.Module):
     block: int | None = None
 
     def __init__(
-        self, net: nn.Module, sde: SDE, prediction: Prediction = "eps", time_input: TimeInput = "auto"
+        self,
+        net: nn.Module,
+        sde: SDE,
+        prediction: Prediction = "eps",
+        time_input: TimeInput = "auto",
+        sigma_data: float = 0.5,
     ) -> None:
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; available: {', '.join(PREDICTIONS)}")
         if time_input not in TIME_INPUTS:
             raise ValueError(f"unknown time_input {time_input!r}; use one of {', '.join(TIME_INPUTS)}")
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        if time_input == "auto" and prediction == "edm":
+            time_input = "edm"
         self.net, self.sde, self.prediction, self.time_input = net, sde, prediction, time_input
+        self.sigma_data = float(sigma_data)
 
     def extra_repr(self) -> str:
-        return f"sde={self.sde!r}, prediction={self.prediction!r}, time_input={self.time_input!r}"
+        edm = f", sigma_data={self.sigma_data:g}" if self.prediction == "edm" else ""
+        return f"sde={self.sde!r}, prediction={self.prediction!r}, time_input={self.time_input!r}{edm}"
 
     def _coeffs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         alpha = append_dims(self.sde.alpha(t), x.ndim).to(x.dtype)
@@ -95,6 +116,9 @@ class ScoreModel(nn.Module):
     def raw(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The network's own output at ``(x_t, t)`` (given ``y``): ``(B, *D)`` (in blocks of ``block`` rows if set)."""
         c_noise = noise_condition(self.sde, t, self.time_input).to(x.dtype)
+        if self.prediction == "edm":
+            alpha, sigma = self._coeffs(x, t)
+            x = x / torch.sqrt(sigma**2 + (alpha * self.sigma_data) ** 2)  # c_in x̃ = x_t / √(sigma_t² + alpha_t² σ_d²)
         if self.block is None:
             return self.net(x, c_noise) if y is None else self.net(x, c_noise, y)
         B, k = x.shape[0], int(self.block)
@@ -121,7 +145,15 @@ class ScoreModel(nn.Module):
             return (x - alpha * out) / sigma
         if self.prediction == "v":
             return (sigma * x + alpha * out) / (alpha**2 + sigma**2)
+        if self.prediction == "edm":
+            return (x - alpha * self._edm_denoiser(out, x, alpha, sigma)) / sigma
         return -sigma * out  # score
+
+    def _edm_denoiser(self, F: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """``D(x̃; σ) = c_skip x̃ + c_out F`` with ``x̃ = x_t / alpha_t``, ``σ = sigma_t / alpha_t`` (module docstring)."""
+        s, sd2 = sigma / alpha, self.sigma_data**2
+        c_skip, c_out = sd2 / (s**2 + sd2), s * self.sigma_data / torch.sqrt(s**2 + sd2)
+        return c_skip * (x / alpha) + c_out * F
 
     def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Predicted noise ``eps_hat = -sigma_t score``: ``(B, *D)``."""

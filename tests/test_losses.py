@@ -48,7 +48,7 @@ def test_gradient_wrt_score_scale_vanishes_at_the_exact_score(sde, ring):
 def test_importance_sampling_matches_vp_closed_form_cdf():
     """For VP, q(t) ∝ g²/sigma² = beta/(1 - e^{-B}) has CDF ∝ log(expm1(B(t))), B(t) = ∫_0^t beta."""
     sde, eps = VPSDE(), 1e-5
-    loss = DSMLoss(weighting="likelihood", importance_sampling=True, t_eps=eps)
+    loss = DSMLoss(weighting="likelihood", sampling="importance", t_eps=eps)
     t, w = loss.sample_t(sde, 50_000, generator=torch.Generator().manual_seed(0))
 
     def F(t):
@@ -73,7 +73,7 @@ def test_importance_sampled_likelihood_loss_is_unbiased_and_less_noisy(sde, ring
         return 0.9 * exact(x, t)  # an imperfect score, so the loss carries signal
 
     uni = _per_sample(DSMLoss(weighting="likelihood"), model, sde, x0, 3)
-    imp = _per_sample(DSMLoss(weighting="likelihood", importance_sampling=True), model, sde, x0, 4)
+    imp = _per_sample(DSMLoss(weighting="likelihood", sampling="importance"), model, sde, x0, 4)
     se = math.sqrt(uni.var() / N + imp.var() / N)
     assert abs(float(uni.mean() - imp.mean())) < 4 * se, (uni.mean(), imp.mean(), se)
     assert imp.std() <= uni.std() * 1.05
@@ -97,9 +97,10 @@ def test_sum_reduction_is_half_sum(ring):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"weighting": "snr"}, "available: sigma2, likelihood"),
+        ({"weighting": "snr"}, "available: sigma2, likelihood, edm"),
         ({"reduction": "max"}, "available: mean, sum"),
-        ({"importance_sampling": True}, "likelihood"),
+        ({"sampling": "importance"}, "likelihood"),
+        ({"sampling": "sobol"}, "available: uniform, importance, log_normal"),
         ({"t_eps": 0.0}, "t_eps must be > 0"),
     ],
 )
@@ -111,3 +112,55 @@ def test_bad_loss_options_are_explained(kwargs, match):
 def test_t_eps_beyond_T_is_explained(ring):
     with pytest.raises(ValueError, match="below the SDE's end time"):
         DSMLoss(t_eps=2.0)(ring.score_fn(VPSDE()), VPSDE(), torch.zeros(4, 2))
+
+
+def test_edm_loss_is_unit_weight_on_the_network_target(ring):
+    """Karras et al. (2022) eq. 8: with the edm prediction, λ(σ)‖D - x0‖² = ‖F - (x0 - c_skip x̃)/c_out‖² exactly."""
+    from torch import nn
+
+    from scoresde import ScoreModel
+    from scoresde._utils import append_dims
+
+    sde, sd = VPSDE(), 0.5
+    net = nn.Linear(2, 2).double()
+    model = ScoreModel(lambda x, c: net(x) * c[:, None], sde, prediction="edm", sigma_data=sd)
+    g = torch.Generator().manual_seed(0)
+    x0 = ring.sample(256, generator=g, dtype=torch.float64)
+    t = 1e-3 + torch.rand(256, generator=g, dtype=torch.float64) * (1 - 1e-3)
+    z = torch.randn(256, 2, generator=g, dtype=torch.float64)
+    loss = DSMLoss(weighting="edm", sampling="log_normal", sigma_data=sd).per_sample(model, sde, x0, t=t, z=z)
+
+    a, s = (append_dims(f(t), 2) for f in (sde.alpha, sde.sigma))
+    sig = s / a
+    x_t = a * x0 + s * z
+    F = model.raw(x_t, t)
+    target = (x0 - sd**2 / (sig**2 + sd**2) * (x_t / a)) / (sig * sd / torch.sqrt(sig**2 + sd**2))
+    assert torch.allclose(loss, ((F - target) ** 2).mean(1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(sigma_min=0.002, sigma_max=80.0)], ids=["vp", "subvp", "ve"])
+def test_log_normal_sampling_draws_ln_sigma_from_the_normal(sde):
+    """ln(sigma_t/alpha_t) = P_mean + P_std Φ⁻¹(u) exactly wherever that σ lies inside [t_eps, T], clamped outside."""
+    loss = DSMLoss(weighting="edm", sampling="log_normal", P_mean=-1.2, P_std=1.2)
+    u = torch.rand(20_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t, w = loss.sample_t(sde, len(u), u=u)
+    ln_sigma = -sde.log_snr(t)
+    want = -1.2 + 1.2 * torch.special.ndtri(u)
+    lo, hi = -sde.log_snr(torch.tensor([loss.t_eps, sde.T], dtype=torch.float64))
+    inside = (want > lo) & (want < hi)
+    assert inside.float().mean() > 0.95
+    assert torch.allclose(ln_sigma[inside], want[inside], atol=1e-8)
+    assert torch.allclose(ln_sigma[~inside], want[~inside].clamp(lo, hi), atol=1e-8)
+    assert torch.allclose(w, (torch.exp(2 * ln_sigma) + 0.25) / 0.25)
+
+
+@pytest.mark.parametrize("weighting, sampling", [("edm", "log_normal"), ("edm", "uniform"), ("sigma2", "log_normal")])
+def test_exact_score_minimises_the_edm_loss(weighting, sampling, ring):
+    N, sde = 20_000, VPSDE()
+    x0 = ring.sample(N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = ring.score_fn(sde)
+    loss = DSMLoss(weighting=weighting, sampling=sampling)
+    base = _per_sample(loss, exact, sde, x0, 1)
+    for c in (0.9, 1.1):
+        diff = _per_sample(loss, lambda x, t, c=c: c * exact(x, t), sde, x0, 1) - base
+        assert diff.mean() > 5 * diff.std() / math.sqrt(N), (c, diff.mean(), diff.std())

@@ -42,7 +42,43 @@ def test_reference_time_inputs():
 
 
 def test_bad_prediction_is_explained():
-    with pytest.raises(ValueError, match="available: eps, x0, v, score"):
+    with pytest.raises(ValueError, match="available: eps, x0, v, score, edm"):
         ScoreModel(nn.Identity(), VPSDE(), prediction="noise")
     with pytest.raises(ValueError, match="time_input"):
         ScoreModel(nn.Identity(), VPSDE(), time_input="sigma")
+
+
+class _EDMOracle(nn.Module):
+    """EDM's exact ``F = (x0* - c_skip x̃) / c_out``, with ``x_t`` and ``t`` read back from ``(c_in x̃, ¼ ln σ)``."""
+
+    def __init__(self, gm, sde, sigma_data):
+        super().__init__()
+        self.gm, self.sde, self.sd = gm, sde, sigma_data
+
+    def forward(self, x_in, c):
+        s = torch.exp(4 * c)  # σ = sigma_t / alpha_t
+        t = self.sde.t_from_log_snr(-torch.log(s))
+        s2 = append_dims(s, x_in.ndim) ** 2
+        x_tilde = x_in * torch.sqrt(s2 + self.sd**2)
+        x = append_dims(self.sde.alpha(t), x_in.ndim) * x_tilde
+        c_skip, c_out = self.sd**2 / (s2 + self.sd**2), s2.sqrt() * self.sd / torch.sqrt(s2 + self.sd**2)
+        return (self.gm.denoise(x, t, self.sde) - c_skip * x_tilde) / c_out
+
+
+@pytest.mark.parametrize("sigma_data", [0.5, 1.3])
+def test_edm_preconditioning_gives_the_exact_score(sde, ring, gen, sigma_data):
+    """The edm prediction: network input c_in x̃, time input ¼ ln σ, and D = c_skip x̃ + c_out F, on every SDE."""
+    model = ScoreModel(_EDMOracle(ring, sde, sigma_data), sde, prediction="edm", sigma_data=sigma_data)
+    assert model.time_input == "edm"
+    x = 2 * torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    t = torch.linspace(0.01, 1.0, 64, dtype=torch.float64)
+    assert torch.allclose(model(x, t), ring.score(x, t, sde), rtol=1e-7, atol=1e-9)
+    assert torch.allclose(model.x0(x, t), ring.denoise(x, t, sde), rtol=1e-7, atol=1e-9)
+
+
+def test_edm_time_input_is_a_quarter_log_sigma():
+    t = torch.tensor([0.1, 0.5, 1.0], dtype=torch.float64)
+    vp = VPSDE()
+    assert torch.allclose(noise_condition(vp, t, "edm"), 0.25 * (vp.sigma(t) / vp.alpha(t)).log())
+    ve = VESDE(sigma_min=0.01, sigma_max=50.0)
+    assert torch.allclose(noise_condition(ve, t, "edm"), 0.25 * ve.sigma(t).log())

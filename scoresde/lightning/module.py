@@ -108,9 +108,13 @@ class ScoreModule(L.LightningModule):
         net: time-conditioned network ``net(x, c_noise)`` (e.g. ``scoresde.nets.MLP`` or ``UNet``).
         sde: the forward SDE (``VPSDE``, ``SubVPSDE``, ``VESDE``).
         loss: denoising score-matching loss (default ``DSMLoss()``: ``sigma²`` weighting, ``t ~ U(1e-5, 1)``, mean).
-        prediction: what the network predicts: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
-        time_input: network time input, ``"auto"`` (the SDE's reference convention), ``"t"``, ``"log_sigma"`` or
-            ``"timestep"`` (``N t - 1`` of a discrete schedule).
+        prediction: what the network predicts: ``"eps"``, ``"x0"``, ``"v"``, ``"score"`` or ``"edm"`` (EDM's
+            preconditioned denoiser; :mod:`scoresde.parametrization`).
+        time_input: network time input, ``"auto"`` (the SDE's reference convention, or EDM's ``¼ ln σ`` for the
+            ``edm`` prediction), ``"t"``, ``"log_sigma"``, ``"timestep"`` (``N t - 1`` of a discrete schedule) or
+            ``"edm"``.
+        sigma_data: EDM's ``σ_d`` for the ``edm`` prediction (0.5 for data in [-1, 1]; an ``edm``-weighted loss
+            must use the same).
         lr: Adam learning rate (2e-4 as in the reference configs).
         betas, eps, weight_decay: Adam settings.
         warmup_steps: linear learning-rate warm-up over this many optimizer steps (5000 in the reference).
@@ -144,8 +148,9 @@ class ScoreModule(L.LightningModule):
         net: nn.Module,
         sde: SDE,
         loss: DSMLoss | None = None,
-        prediction: Literal["eps", "x0", "v", "score"] = "eps",
-        time_input: Literal["auto", "t", "log_sigma", "timestep"] = "auto",
+        prediction: Literal["eps", "x0", "v", "score", "edm"] = "eps",
+        time_input: Literal["auto", "t", "log_sigma", "timestep", "edm"] = "auto",
+        sigma_data: float = 0.5,
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -175,8 +180,13 @@ class ScoreModule(L.LightningModule):
         # an unknown name or option fails now, listing the valid ones; an instance (YAML: class_path) is kept as is
         self.sampler = get_solver(sampler, **(sampler_options or {}))
         save_hparams_without_modules(self, inspect.currentframe())
-        self.score_model = ScoreModel(net, sde, prediction=prediction, time_input=time_input)
+        self.score_model = ScoreModel(net, sde, prediction=prediction, time_input=time_input, sigma_data=sigma_data)
         self.sde, self.loss = sde, loss if loss is not None else DSMLoss()
+        if prediction == "edm" and self.loss.weighting == "edm" and self.loss.sigma_data != sigma_data:
+            raise ValueError(
+                f"the edm loss assumes sigma_data={self.loss.sigma_data:g} but the model's preconditioning "
+                f"{sigma_data:g}; set model.loss.init_args.sigma_data and model.sigma_data to the same value"
+            )
         self.data_shape = tuple(int(s) for s in data_shape) if data_shape is not None else None
         self.transform = transform if transform is not None else DataTransform.identity()
         self._run_seed = 0
