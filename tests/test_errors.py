@@ -1,7 +1,9 @@
 """Every mistake a user can make at the command line ends as one line on stderr, `scoresde <command>: error: ...`,
 with exit code 2 and no traceback, before any expensive work."""
 
+import importlib.util
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -44,12 +46,37 @@ def _cases(tmp_path, toy_ckpt):
     pixels = _npz(tmp_path, "pixels", rng.integers(0, 256, (200, 2)).astype("f4"))  # 8-bit values saved as floats
     big = _npz(tmp_path, "big", rng.uniform(0, 255, (200, 2)).astype("f4"))  # not the ring's units
     frac = _npz(tmp_path, "frac", rng.uniform(0, 255, (200, 1, 4, 4)).astype("f4"))  # fractions given as 8-bit
+    pth = tmp_path / "checkpoint_8.pth"  # a score_sde_pytorch file (its format is read before the config is needed)
+    torch.save({"model": {}, "ema": {}, "step": 0}, pth)
+    edm = tmp_path / "network-snapshot.pkl"
+    edm.write_bytes(pickle.dumps({"augment_pipe": None}))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pretrained = [
+        (["sample", "--ckpt", str(pth), "--out", out], f"{pth}: a score_sde_pytorch checkpoint does not record its SDE"),
+        (["sample", "--ckpt", f"score_sde:{pth}", "--model-config", "ddpm", "--out", out], "unknown score_sde config"),
+        (["sample", "--ckpt", f"edm:{edm}", "--out", out], f"{edm} holds no 'ema' network"),
+        (["sample", "--ckpt", f"diffusers:{empty}", "--out", out], f"{empty} holds neither unet/config.json"),
+    ]
+    if importlib.util.find_spec("diffusers"):
+        import diffusers
+
+        unet, full = tmp_path / "unet", tmp_path / "unet_and_scheduler"
+        for path in (unet, full):
+            diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, norm_num_groups=8,
+                                  block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(path)
+        diffusers.DDPMScheduler().save_pretrained(full)
+        pretrained += [
+            (["sample", "--ckpt", str(unet), "--out", out], f"{unet / 'scheduler_config.json'} is missing"),
+            (["likelihood", "--ckpt", str(full), "--out", out], "a diffusers model records no dataset"),
+        ]
     gpu = [] if torch.cuda.is_available() else [
         (["sample", "--ckpt", ck, "--accelerator", "gpu", "--out", out], "accelerator 'gpu': torch sees no CUDA GPU"),
         (["fit", "--config", str(EXPERIMENTS / "toy_vp.yaml"), "--trainer.accelerator", "gpu"],
          "accelerator 'gpu': torch sees no CUDA GPU"),
     ]
-    return gpu + [
+    return gpu + pretrained + [
         (["likelihood", "--ckpt", ck, "--data", _data(nan), "--out", out], f"{nan}: the train data: 3 NaN"),
         (["likelihood", "--ckpt", ck, "--data", _data(pixels), "--out", out], f"{pixels} holds whole numbers"),
         (["likelihood", "--ckpt", ck, "--data", _data(big), "--out", out],

@@ -183,6 +183,11 @@ class NCSNpp(nn.Module):
         else:
             self.conv_out = nn.Sequential(group_norm(c), nn.SiLU(), conv3x3(c, in_channels, init_scale=init_scale))
 
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images this network takes."""
+        return (self.in_channels, self.image_size, self.image_size)
+
     def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
         """``x: (B, C, H, W)`` with ``H = W = image_size``, ``c_noise: (B,)``, condition ``y`` → ``(B, C, H, W)``."""
         if (

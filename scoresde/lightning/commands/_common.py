@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import importlib
 import json
 import math
@@ -35,7 +36,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import lightning as L
 
-from ..._utils import atomic_path, save_npz
+from ..._utils import atomic_path, file_digest, save_npz
+from ...parametrization import ScoreModel
+from ...transforms import DataTransform
 from ..classifier import ClassifierModule
 from ..cluster import check_devices
 from ..data import TensorDataModule
@@ -51,6 +54,8 @@ __all__ = [
     "check_manifest",
     "record_run",
     "load_model",
+    "CheckpointSpec",
+    "MODEL_CONFIG_HELP",
     "load_classifier",
     "load_data",
     "split_of",
@@ -180,7 +185,81 @@ def record_run(manifest: Path, record: dict[str, Any], is_global_zero: bool) -> 
             tmp.write_text(json.dumps(record, indent=2))
 
 
-# ---- loading what `scoresde fit` wrote ---------------------------------------------------------------------------
+# ---- loading what `scoresde fit` wrote, or a pretrained model of another library ---------------------------------
+CKPT_HELP = (
+    "checkpoint written by `scoresde fit` (EMA weights), or a pretrained model: diffusers:DIR (a diffusers pipeline "
+    "or UNet directory), score_sde:FILE.pth (with --model-config), edm:FILE.pkl; a directory or a .pth / .pkl file "
+    "is recognised without the prefix"
+)
+MODEL_CONFIG_HELP = (
+    "the configuration a score_sde_pytorch checkpoint was trained with (vp_ddpmpp_cont, subvp_ddpmpp_cont, "
+    "ve_ncsnpp_cont, their _deep_ variants, or the reference's vp/cifar10_ddpmpp_continuous, ...)"
+)
+PRETRAINED_FORMATS = ("diffusers", "score_sde", "edm")
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """What ``--ckpt`` names: a ``format`` (``lightning``, ``diffusers``, ``score_sde``, ``edm``) and a path."""
+
+    format: str
+    path: Path
+
+    @classmethod
+    def parse(cls, ckpt: str | Path) -> CheckpointSpec:
+        text = str(ckpt)
+        prefix, sep, rest = text.partition(":")
+        if sep and prefix in PRETRAINED_FORMATS:
+            return cls(prefix, Path(rest))
+        path = Path(text)
+        if path.is_dir():
+            return cls("diffusers", path)
+        return cls({".pth": "score_sde", ".pkl": "edm"}.get(path.suffix, "lightning"), path)
+
+    def digest(self) -> str:
+        """SHA-256 of the checkpoint file, or of a directory's files (names and contents)."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"checkpoint {self.path} not found")
+        if self.path.is_file():
+            return file_digest(self.path)
+        h = hashlib.sha256()
+        for f in sorted(p for p in self.path.rglob("*") if p.is_file()):
+            h.update(f.relative_to(self.path).as_posix().encode() + file_digest(f).encode())
+        return h.hexdigest()
+
+
+def _pretrained(spec: CheckpointSpec, model_config: str | None) -> ScoreModule:
+    """A pretrained model of another library as a :class:`ScoreModule` (no optimizer, no EMA of its own), with the
+    data transform its library trains with: 8-bit images in ``[-1, 1]`` (``[0, 1]`` for the VE NCSN++)."""
+    from ... import hub
+
+    if spec.format == "diffusers":
+        model: ScoreModel = hub.from_diffusers(spec.path)
+    elif spec.format == "score_sde":
+        if model_config is None:
+            raise ValueError(
+                f"{spec.path}: a score_sde_pytorch checkpoint does not record its SDE; pass --model-config NAME "
+                f"({', '.join(hub.SCORE_SDE_CONFIGS)})"
+            )
+        model = hub.from_score_sde(spec.path, model_config)
+    else:
+        hub.from_edm(spec.path)  # reads the file safely, then says why it cannot be rebuilt
+        raise AssertionError("unreachable")
+    net: Any = model.net  # DiffusersUNet or NCSNpp: both know their data shape
+    shape = tuple(int(s) for s in net.data_shape)
+    low = 0.0 if getattr(net, "centered", True) is False else -1.0
+    return ScoreModule(
+        net,
+        model.sde,
+        prediction=model.prediction,
+        time_input=model.time_input,
+        sigma_data=model.sigma_data,
+        ema_decay=None,
+        data_shape=shape,
+        transform=DataTransform.discrete(256, low, 1.0),
+    )
+
+
 def _check_ckpt(ckpt: str | Path) -> Path:
     path = Path(ckpt)
     if not path.is_file():
@@ -221,11 +300,19 @@ BLOCK_HELP = (
 """The help of the ``--block`` option of the commands that sample (``ScoreModel.block``)."""
 
 
-def load_model(ckpt: str | Path, device: torch.device | str = "cpu", block: int = 0) -> ScoreModule:
-    """The :class:`ScoreModule` of a checkpoint (its state dict holds the EMA weights), in eval mode; ``block > 0``
-    makes its network calls take exactly that many rows (``ScoreModel.block``: batch-size independent results)."""
+def load_model(
+    ckpt: str | Path, device: torch.device | str = "cpu", block: int = 0, model_config: str | None = None
+) -> ScoreModule:
+    """The :class:`ScoreModule` of a checkpoint (its state dict holds the EMA weights) or of a pretrained model
+    (:class:`CheckpointSpec`; ``model_config`` for score_sde_pytorch files), in eval mode; ``block > 0`` makes its
+    network calls take exactly that many rows (``ScoreModel.block``: batch-size independent results)."""
     if block < 0:
         raise ValueError(f"--block must be >= 0 (0: no blocks), got {block}")
+    spec = CheckpointSpec.parse(ckpt)
+    if spec.format != "lightning":
+        module = _pretrained(spec, model_config).to(device)
+        module.score_model.block = block or None
+        return module.eval()
     hparams = read_checkpoint(ckpt).get("hyper_parameters", {})
     if not _is_score_checkpoint(hparams):
         raise ValueError(
@@ -270,6 +357,12 @@ def _spec(data: str) -> dict[str, Any]:
 
 def load_data(data: str | None, ckpt: str | Path) -> TensorDataModule:
     """The DataModule named by ``--data``, or (``None``) the one recorded in the checkpoint."""
+    source = CheckpointSpec.parse(ckpt)
+    if data is None and source.format != "lightning":
+        raise ValueError(
+            f"a {source.format} model records no dataset; pass --data (an experiment YAML such as "
+            "experiments/cifar10/vp_ddpmpp_cont.yaml, or a DataModule)"
+        )
     if data is None:
         hparams = torch.load(_check_ckpt(ckpt), map_location="cpu", weights_only=False).get(
             "datamodule_hyper_parameters"

@@ -25,13 +25,16 @@ import torch
 from torch import Tensor
 
 from ... import plotting
-from ..._utils import file_digest, save_npz
+from ..._utils import save_npz
 from ...inverse import GrayObservation, MaskObservation, Observation, inpaint, steps_per_step
 from ...noise import derive_seeds
 from ...solvers import SOLVERS, get_solver
 from ..module import ScoreModule
 from ._common import (
     BLOCK_HELP,
+    CKPT_HELP,
+    MODEL_CONFIG_HELP,
+    CheckpointSpec,
     DeviceOptions,
     ShardTask,
     build_parser,
@@ -55,7 +58,8 @@ NAMED_MASKS = ("left", "right", "top", "bottom", "center")
 class InpaintConfig(DeviceOptions):
     """The options of ``scoresde inpaint`` (every one that changes results goes into the run manifest)."""
 
-    ckpt: str = option(help="checkpoint written by `scoresde fit` (EMA weights)")
+    ckpt: str = option(help=CKPT_HELP)
+    model_config: str | None = option(None, MODEL_CONFIG_HELP, "--model-config")
     data: str | None = option(None, "DataModule (experiment YAML, class name); default: the checkpoint's")
     split: str = option("test", "train, val or test")
     n: int = option(16, "the first N images of the split")
@@ -160,18 +164,18 @@ def run_inpainting(cfg: InpaintConfig) -> Path | None:
     check_sizes(cfg.n, cfg.batch_size)
     steps_per_step(cfg.method, cfg.resample)  # a bad --method/--resample pairing fails before any work
     get_solver(cfg.solver, **cfg.options)  # a bad name or option fails before any work
-    ckpt = Path(cfg.ckpt)
-    model = load_model(ckpt, block=cfg.block)
+    spec = CheckpointSpec.parse(cfg.ckpt)
+    model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config)
     if model.data_shape is None:
-        raise ValueError(f"{ckpt} records no data shape; train it with `scoresde fit`")
+        raise ValueError(f"{cfg.ckpt} records no data shape; train it with `scoresde fit`")
     observation, mask = _observation(cfg, model.data_shape)
-    raw = split_of(load_data(cfg.data, ckpt), cfg.split)[: cfg.n]
+    raw = split_of(load_data(cfg.data, cfg.ckpt), cfg.split)[: cfg.n]
     if tuple(raw.shape[1:]) != tuple(model.data_shape):
         raise ValueError(
             f"the data have shape {tuple(raw.shape[1:])} but the model was trained on {tuple(model.data_shape)}"
         )
     out = prepare_out(cfg.out)
-    record = manifest_record(cfg, n=len(raw), ckpt=str(ckpt.resolve()), ckpt_sha256=file_digest(ckpt))
+    record = manifest_record(cfg, n=len(raw), ckpt=str(spec.path.resolve()), ckpt_sha256=spec.digest())
     task = InpaintingTask(model, raw, observation, cfg, out)
     merged = run_resumable(cfg, task, out / "inpaint_config.json", record, "completions")
     return None if merged is None else _merge(model, raw, mask, cfg, out, merged)

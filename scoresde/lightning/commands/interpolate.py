@@ -28,7 +28,17 @@ from ...latent import decode, encode, interpolate
 from ...likelihood import log_likelihood, resolve_trace
 from ...metrics import mean_stderr
 from ...noise import PerSampleNoise, index_seeds
-from ._common import build_parser, load_data, load_model, option, parse_config, prepare_out, split_of
+from ._common import (
+    CKPT_HELP,
+    MODEL_CONFIG_HELP,
+    build_parser,
+    load_data,
+    load_model,
+    option,
+    parse_config,
+    prepare_out,
+    split_of,
+)
 
 __all__ = ["InterpolateConfig", "interpolate_command", "run_interpolation"]
 
@@ -37,7 +47,8 @@ __all__ = ["InterpolateConfig", "interpolate_command", "run_interpolation"]
 class InterpolateConfig:
     """The options of ``scoresde interpolate``."""
 
-    ckpt: str = option(help="checkpoint written by `scoresde fit` (EMA weights)")
+    ckpt: str = option(help=CKPT_HELP)
+    model_config: str | None = option(None, MODEL_CONFIG_HELP, "--model-config")
     data: str | None = option(None, "as for `scoresde likelihood` (default: the checkpoint's)")
     split: str = option("test", "train, val or test")
     pairs: int = option(4, "number of pairs K")
@@ -66,7 +77,7 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
         raise ValueError(f"--steps must be >= 2 (the two ends), got {cfg.steps}")
     out = prepare_out(cfg.out)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(cfg.ckpt, device)
+    model = load_model(cfg.ckpt, device, model_config=cfg.model_config)
     dm = load_data(cfg.data, cfg.ckpt)
     raw = split_of(dm, cfg.split)
     K, M = cfg.pairs, cfg.steps

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..._utils import atomic_path, file_digest, save_npz
+from ..._utils import atomic_path, save_npz
 from ...analytic import GaussianMixture
 from ...likelihood import Trace, gaussian_logp, log_likelihood, nats_to_bits_per_dim, resolve_trace
 from ...metrics import mean_stderr
@@ -39,6 +39,9 @@ from ...solvers.ode import check_ode_method
 from ...transforms import DataTransform
 from ..module import ScoreModule
 from ._common import (
+    CKPT_HELP,
+    MODEL_CONFIG_HELP,
+    CheckpointSpec,
     DeviceOptions,
     ShardTask,
     build_parser,
@@ -66,7 +69,8 @@ __all__ = [
 class LikelihoodConfig(DeviceOptions):
     """The options of ``scoresde likelihood`` (every one that changes results goes into the run manifest)."""
 
-    ckpt: str = option(help="checkpoint written by `scoresde fit` (EMA weights)")
+    ckpt: str = option(help=CKPT_HELP)
+    model_config: str | None = option(None, MODEL_CONFIG_HELP, "--model-config")
     data: str | None = option(
         None,
         "experiment YAML, DataModule class name or '{class_path: ..., init_args: ...}' (default: the checkpoint's)",
@@ -182,7 +186,7 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     check_ode_method(cfg.method)
     if cfg.probe not in ("rademacher", "gaussian"):
         raise ValueError(f"--probe must be rademacher or gaussian, got {cfg.probe!r}")
-    model = load_model(cfg.ckpt, block=cfg.block)
+    model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config)
     dm = load_data(cfg.data, cfg.ckpt)
     if dm.transform != model.transform:
         raise ValueError(
@@ -195,7 +199,7 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     model.transform.check(raw, f"the {cfg.split} split")  # all of it, before the first solve
     dim = raw[0].numel()
     trace = resolve_trace(cfg.trace, dim)
-    run = manifest_record(cfg, trace=trace, n=len(raw), ckpt_sha256=file_digest(cfg.ckpt))
+    run = manifest_record(cfg, trace=trace, n=len(raw), ckpt_sha256=CheckpointSpec.parse(cfg.ckpt).digest())
 
     out = prepare_out(cfg.out)
     task = LikelihoodTask(model, dm.transform, raw, cfg, trace, out / "parts")

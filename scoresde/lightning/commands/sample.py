@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ... import plotting
 from ..._typing import ScoreFn
-from ..._utils import file_digest, save_npz
+from ..._utils import save_npz
 from ...guidance import classifier_guidance, threshold
 from ...noise import derive_seeds
 from ...solvers import DISCRETE_GRIDS, SOLVERS, TIME_GRIDS, Solver, get_solver
@@ -45,6 +45,9 @@ from ..classifier import ClassifierModule
 from ..module import ScoreModule
 from ._common import (
     BLOCK_HELP,
+    CKPT_HELP,
+    MODEL_CONFIG_HELP,
+    CheckpointSpec,
     DeviceOptions,
     ShardTask,
     build_parser,
@@ -65,7 +68,8 @@ __all__ = ["SampleConfig", "sample_command", "run_sampling", "SamplingTask", "pa
 class SampleConfig(DeviceOptions):
     """The options of ``scoresde sample`` (every one that changes results goes into the run manifest)."""
 
-    ckpt: str = option(help="checkpoint written by `scoresde fit` (EMA weights)")
+    ckpt: str = option(help=CKPT_HELP)
+    model_config: str | None = option(None, MODEL_CONFIG_HELP, "--model-config")
     solver: str | None = option(None, f"one of: {', '.join(sorted(SOLVERS))} (default: the model's)")
     steps: int | None = option(None, "solver steps (default: the model's sample_steps)")
     grid: str = option(
@@ -204,8 +208,8 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     check_sizes(cfg.n, cfg.batch_size)
     if cfg.steps is not None and cfg.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {cfg.steps}")
-    ckpt = Path(cfg.ckpt)
-    model = load_model(ckpt, block=cfg.block)
+    spec = CheckpointSpec.parse(cfg.ckpt)
+    model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config)
     solver, default_options = model.default_solver() if cfg.solver is None else (cfg.solver, {})
     options = {**default_options, **cfg.options}
     get_solver(solver, **options)  # fail on a bad name or option before any work
@@ -229,8 +233,8 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
         cfg,
         solver=solver if isinstance(solver, str) else repr(solver),  # the model's own instance: its options too
         options=options,
-        ckpt=str(ckpt.resolve()),
-        ckpt_sha256=file_digest(ckpt),
+        ckpt=str(spec.path.resolve()),
+        ckpt_sha256=spec.digest(),
     )
     task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
     merged = run_resumable(cfg, task, out / "sample_config.json", record, "samples drawn", precision=cfg.precision)
@@ -243,7 +247,7 @@ def _merge(model: ScoreModule, cfg: SampleConfig, solver: object, out: Path, mer
     extra = {} if labels is None else {"labels": labels}
     save_npz(final, {"samples": samples, "nfe_per_sample": nfe, **extra})  # (N, *D), (N,), (N,)
     steps = model.hparams["sample_steps"] if cfg.steps is None else cfg.steps
-    title = f"{len(samples)} samples of {Path(cfg.ckpt).name}: {solver}, {steps} steps, {nfe.mean():.0f} NFE"
+    title = f"{len(samples)} samples of {CheckpointSpec.parse(cfg.ckpt).path.name}: {solver}, {steps} steps, {nfe.mean():.0f} NFE"
     plotting.samples_picture(samples, model.transform, out / "samples.png", labels=labels, title=title)
     print(
         f"wrote {len(samples)} samples ({samples.dtype}, shape {samples.shape[1:]}, {nfe.mean():.1f} NFE each on average) to {final}"
