@@ -71,6 +71,18 @@ def _cases(tmp_path, toy_ckpt):
             (["sample", "--ckpt", str(unet), "--out", out], f"{unet / 'scheduler_config.json'} is missing"),
             (["likelihood", "--ckpt", str(full), "--out", out], "a diffusers model records no dataset"),
         ]
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, samples=rng.normal(size=(4, 1, 8, 8)))
+    digits = tmp_path / "digits.npz"
+    np.savez(digits, samples=rng.integers(0, 17, (4, 1, 8, 8)).astype("u1"))
+    pretrained += [
+        (["evaluate", "--data", "DigitsDataModule", "--out", out], "give the samples as --samples PATH"),
+        (["evaluate", "--samples", str(floats), "--data", "DigitsDataModule", "--out", out],
+         "--samples holds floats: give raw images"),
+        (["evaluate", "--samples", str(digits), "--out", out], "give the reference as --reference PATH or as --data"),
+        (["evaluate", "--samples", str(digits), "--data", "DigitsDataModule", "--features", "inception", "--out", out,
+          {"SCORESDE_INCEPTION_WEIGHTS": ""}], "Inception features need weights-inception-2015-12-05-6726825d.pth"),
+    ]
     gpu = [] if torch.cuda.is_available() else [
         (["sample", "--ckpt", ck, "--accelerator", "gpu", "--out", out], "accelerator 'gpu': torch sees no CUDA GPU"),
         (["fit", "--config", str(EXPERIMENTS / "toy_vp.yaml"), "--trainer.accelerator", "gpu"],
@@ -115,7 +127,7 @@ def test_every_bad_input_gets_one_line_and_exit_code_2(toy_ckpt, tmp_path, capsy
     assert len(cases) >= 23
     for argv, first_words in cases:
         env = argv.pop() if isinstance(argv[-1], dict) else {}
-        has_progress = argv[0] in ("sample", "likelihood", "interpolate", "inpaint")
+        has_progress = argv[0] in ("sample", "likelihood", "interpolate", "inpaint", "evaluate")
         with pytest.raises(SystemExit) as err, monkeypatch.context() as m:
             for k, v in env.items():
                 m.setenv(k, v)

@@ -154,6 +154,10 @@ COMMANDS: dict[str, Command] = {
     "inpaint": Command(
         "fill in masked parts (or the colours) of dataset images", "scoresde.lightning.commands.inpaint:inpaint_command"
     ),
+    "evaluate": Command(
+        "FID, KID, Inception Score and precision/recall of samples against a reference set",
+        "scoresde.lightning.commands.evaluate:evaluate_command",
+    ),
     "classifier": Command(
         "train the noise-conditional classifier of classifier guidance (fit, validate)",
         "scoresde.lightning.cli:classifier_cli",

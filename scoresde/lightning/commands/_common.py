@@ -357,8 +357,8 @@ def _spec(data: str) -> dict[str, Any]:
 
 def load_data(data: str | None, ckpt: str | Path) -> TensorDataModule:
     """The DataModule named by ``--data``, or (``None``) the one recorded in the checkpoint."""
-    source = CheckpointSpec.parse(ckpt)
-    if data is None and source.format != "lightning":
+    source = CheckpointSpec.parse(ckpt) if data is None else None
+    if source is not None and source.format != "lightning":
         raise ValueError(
             f"a {source.format} model records no dataset; pass --data (an experiment YAML such as "
             "experiments/cifar10/vp_ddpmpp_cont.yaml, or a DataModule)"
