@@ -76,3 +76,18 @@ def test_digits_variants_train_and_report_bits_per_dim(name, tmp_path, monkeypat
     bpd = float(c.trainer.callback_metrics["val/bpd"])
     # an untrained model is far from the data, but its bits/dim are finite and above the Gaussian fit's (~2.9)
     assert np.isfinite(bpd) and bpd > 2.0
+
+
+@pytest.mark.parametrize(("name", "sigma_data"), [("toy_vp_edm", 1.4), ("digits_vp_edm", 0.7)])
+def test_edm_experiments_use_edm_preconditioning_and_loss(name, sigma_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = cli(["--config", str(EXPERIMENTS / f"{name}.yaml"), "--trainer.max_steps", "5", "--trainer.logger", "false",
+             "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+             "--trainer.check_val_every_n_epoch", "1000"], run=False)
+    m = c.model.score_model
+    assert (m.prediction, m.time_input, m.sigma_data) == ("edm", "edm", sigma_data)
+    loss = c.model.loss
+    assert (loss.weighting, loss.sampling, loss.P_mean, loss.P_std, loss.sigma_data) == (
+        "edm", "log_normal", -1.2, 1.2, sigma_data)
+    c.trainer.fit(c.model, datamodule=c.datamodule)
+    assert c.trainer.global_step == 5 and torch.isfinite(c.trainer.callback_metrics["train/loss"])

@@ -114,15 +114,19 @@ def _choose_features(cfg: EvaluateConfig, images: np.ndarray) -> str:
 
 
 def _draw_samples(cfg: EvaluateConfig, out: Path) -> Path:
-    from .sample import SampleConfig, run_sampling
+    """``scoresde sample`` with the sampling options given, through the command table (commands stay separate)."""
+    from ..cli import run
 
     assert cfg.ckpt is not None
-    sample_cfg = SampleConfig(ckpt=cfg.ckpt, model_config=cfg.model_config, solver=cfg.solver, steps=cfg.steps,
-                              n=cfg.n, seed=cfg.seed, out=str(out / "samples"), progress=cfg.progress)  # fmt: skip
-    path = run_sampling(sample_cfg)
+    argv = ["sample", "--ckpt", cfg.ckpt, "--n", str(cfg.n), "--seed", str(cfg.seed), "--out", str(out / "samples"),
+            "--progress", str(cfg.progress).lower()]  # fmt: skip
+    for flag, value in (("--model-config", cfg.model_config), ("--solver", cfg.solver), ("--steps", cfg.steps)):
+        if value is not None:
+            argv += [flag, str(value)]
+    path = run(argv)
     if path is None:  # another rank finished the run
         raise RuntimeError("sampling ended without samples on this process")
-    return path
+    return Path(path)
 
 
 def _reference(cfg: EvaluateConfig, name: str, extract: evaluation.Extractor) -> evaluation.ReferenceStats:
