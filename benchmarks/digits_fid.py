@@ -2,8 +2,10 @@
 
 For each checkpoint, ``scoresde evaluate --ckpt`` draws ``3 × 297`` samples with the model's own sampler and scores
 them against the train split's statistics. FID is biased upward for small sets, so the table also gives the mean and
-standard deviation over the three sets of 297. The test split has 297 held-out real digits; their FID is the floor
-at that size. Optionally it adds bits/dim of the test split (``scoresde likelihood``, Hutchinson trace).
+standard deviation over the three sets of 297. The test split's 297 held-out real digits are scored too (the row
+``test split (floor)``): the FID of new real digits at that size. It is not a lower bound for samples of a model
+that reproduces its train split closely. Optionally it adds bits/dim of the test split (``scoresde likelihood``,
+Hutchinson trace).
 
     python benchmarks/digits_fid.py --ckpt digits_vp=runs/digits_vp/checkpoints/last.ckpt ... [--bpd-limit 64]
                                     [--out benchmarks/results/digits_fid.json]
