@@ -579,3 +579,25 @@ def test_predictor_corrector_is_composition_of_instances():
     assert isinstance(get_solver("pc", predictor="none").predictor, solvers.NoPredictor)
     with pytest.raises(TypeError, match="get_solver"):
         solvers.PredictorCorrector("ddim")
+
+
+@pytest.mark.parametrize(("tol", "bound"), [(1e-5, 2e-3), (1e-7, 3e-6)])
+def test_adaptive_ode_ends_exactly_at_t_end(tol, bound):
+    """On a narrow Gaussian the probability-flow map is x_t = x_T √(α_t² s² + σ_t²) / √(α_T² s² + σ_T²). Adaptive
+    steps that overshot t_end and interpolated back (the flow evaluated at clamped times) gave relative errors of
+    6.9e-2 and 2.2e-5 at these tolerances; stepping exactly onto t_end gives 4.0e-4 and 7.1e-7."""
+    from scoresde import GaussianMixture
+
+    sde, s, t_end = VPSDE(), 0.05, 1e-3
+    score = GaussianMixture([1.0], [[0.0] * 4], [s**2]).score_fn(sde)
+    x_T = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def scale(t):
+        t = torch.tensor([t], dtype=torch.float64)
+        return torch.sqrt(sde.alpha(t) ** 2 * s**2 + sde.sigma(t) ** 2)
+
+    want = x_T * scale(t_end) / scale(1.0)
+    res = sample(score, sde, x_T.shape, solver=get_solver("ode", rtol=tol, atol=tol), x_init=x_T, t_end=t_end,
+                 dtype=torch.float64)
+    err = float((res.x - want).abs().max() / want.abs().max())
+    assert err < bound, err

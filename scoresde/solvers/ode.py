@@ -90,8 +90,8 @@ class ProbabilityFlow(IntegratorSolver):
 
         flow = sde.probability_flow(score_fn)
         grid = timesteps.to(device=x.device)
-        # Adaptive steps may overshoot the last time and interpolate back; keep those evaluations inside the interval
-        # (below the end time a learned score can blow up: sigma -> 0 as t -> 0).
+        # The clamp only guards rounding: adaptive steps land exactly on the end time (step_t below), so no
+        # evaluation lies beyond it (below it a learned score can blow up: sigma -> 0 as t -> 0).
         lo, hi = float(grid.min()), float(grid.max())
 
         def velocity(t: Tensor, y: Tensor) -> Tensor:
@@ -101,6 +101,9 @@ class ProbabilityFlow(IntegratorSolver):
         options = dict(self.method_options)
         if self.adaptive:
             options.setdefault("norm", per_sample_rms_norm)
+            # Step exactly onto the end time instead of past it: an overshooting last step evaluated the flow at
+            # clamped times and interpolated back with that biased dense output
+            options.setdefault("step_t", grid[-1:])
             return odeint(velocity, x, query, method=self.method, rtol=self.rtol, atol=self.atol, options=options)
         if "step_size" not in options:  # step exactly on the grid, unless a step size was asked for
             options.setdefault("grid_constructor", lambda f, y0, t: grid.to(t.dtype))
