@@ -115,9 +115,13 @@ class ScoreModel(nn.Module):
 
     def raw(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The network's own output at ``(x_t, t)`` (given ``y``): ``(B, *D)`` (in blocks of ``block`` rows if set)."""
+        return self._raw(x, t, y, None)
+
+    def _raw(self, x: Tensor, t: Tensor, y: Tensor | None, coeffs: tuple[Tensor, Tensor] | None) -> Tensor:
+        """:meth:`raw`, reusing ``coeffs = (alpha_t, sigma_t)`` where the caller has them (the ``edm`` input)."""
         c_noise = noise_condition(self.sde, t, self.time_input).to(x.dtype)
         if self.prediction == "edm":
-            alpha, sigma = self._coeffs(x, t)
+            alpha, sigma = coeffs if coeffs is not None else self._coeffs(x, t)
             x = x / torch.sqrt(sigma**2 + (alpha * self.sigma_data) ** 2)  # c_in x̃ = x_t / √(sigma_t² + alpha_t² σ_d²)
         if self.block is None:
             return self.net(x, c_noise) if y is None else self.net(x, c_noise, y)
@@ -157,18 +161,17 @@ class ScoreModel(nn.Module):
 
     def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Predicted noise ``eps_hat = -sigma_t score``: ``(B, *D)``."""
-        out = self.raw(x, t, y)
         if self.prediction == "eps":
-            return out
-        return self._eps_from(out, x, *self._coeffs(x, t))
+            return self._raw(x, t, y, None)
+        coeffs = self._coeffs(x, t)
+        return self._eps_from(self._raw(x, t, y, coeffs), x, *coeffs)
 
     def score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Predicted score ``∇ log p_t(x | y) = -eps_hat / sigma_t``: ``(B, *D)``."""
-        out = self.raw(x, t, y)
         if self.prediction == "score":
-            return out
-        alpha, sigma = self._coeffs(x, t)
-        return -self._eps_from(out, x, alpha, sigma) / sigma
+            return self._raw(x, t, y, None)
+        alpha, sigma = coeffs = self._coeffs(x, t)
+        return -self._eps_from(self._raw(x, t, y, coeffs), x, alpha, sigma) / sigma
 
     def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Predicted ``E[x_0 | x_t]`` by Tweedie's formula, ``(x_t + sigma_t² score) / alpha_t``: ``(B, *D)``."""
