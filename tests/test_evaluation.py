@@ -172,3 +172,19 @@ def test_evaluate_draws_from_a_checkpoint_exactly_as_sample_does(digits_ckpt, tm
     record = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert record["n_samples"] == 24 and record["features"] == "digits"
     assert record["fid"] > 9.67  # a barely trained model is further from the train split than the held-out test split
+
+
+def test_an_image_folder_reads_as_the_same_images(tmp_path):
+    """PNG files (8-bit grey) load as the array they were written from, in path order."""
+    from PIL import Image
+
+    from scoresde.lightning.commands.evaluate import load_images
+
+    x = np.random.default_rng(0).integers(0, 256, (5, 1, 6, 6), dtype=np.uint8)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    for i, img in enumerate(x):
+        Image.fromarray(img[0]).save(tmp_path / "imgs" / ("sub" if i > 2 else "") / f"{i}.png")
+    assert np.array_equal(load_images(tmp_path / "imgs", "--reference"), x)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no samples.npz, and found 0 images"):
+        load_images(tmp_path / "empty", "--reference")

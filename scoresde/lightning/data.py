@@ -394,7 +394,7 @@ class DigitsDataModule(_ImageDataModule):
         self._setup_images(images, 17, n_val, n_test, split_seed, low, high, dequantize, y)
 
 
-def _nchw(arr: np.ndarray) -> np.ndarray:
+def nchw(arr: np.ndarray) -> np.ndarray:
     """Images to (N, C, H, W): (N, H, W) gains a channel; (N, H, W, C) with C in 1/3/4 is transposed."""
     if arr.ndim == 3:
         return arr[:, None]
@@ -496,7 +496,7 @@ class NpzDataModule(TensorDataModule):
     @staticmethod
     def _tensor(arr: np.ndarray, discrete: bool, levels: int | None = None, what: str = "data") -> Tensor:
         if discrete:
-            x = torch.from_numpy(np.ascontiguousarray(_nchw(arr)))
+            x = torch.from_numpy(np.ascontiguousarray(nchw(arr)))
             if x.is_floating_point() and levels is not None:
                 DataTransform(levels=levels).check(x, what)  # before the integer cast would truncate fractions
             return x.to(torch.int64)
@@ -526,6 +526,32 @@ class NpzDataModule(TensorDataModule):
         return arr
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def read_image_folder(root: str | Path, mode: str | None = None, minimum: int = 1) -> np.ndarray:
+    """Every image under ``root`` (searched recursively, sorted by path) as one array ``(N, C, H, W)``, converted to
+    PIL ``mode`` (``"L"``, ``"RGB"``; ``None``: as stored). All images must have one size."""
+    from PIL import Image
+
+    folder = Path(root)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if len(files) < minimum:
+        raise ValueError(
+            f"found {len(files)} images under {folder}; need at least {minimum} ({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    arrays = []
+    for f in files:
+        with Image.open(f) as im:
+            arrays.append(np.asarray(im if mode is None else im.convert(mode)))
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(f"images under {folder} have different sizes {sorted(sizes)}; resize them to one size first")
+    return np.ascontiguousarray(nchw(np.stack(arrays)))
+
+
 class ImageFolderDataModule(_ImageDataModule):
     """All images under ``root`` (png, jpg, jpeg, bmp, gif; searched recursively), 8-bit, of one common size.
 
@@ -534,8 +560,6 @@ class ImageFolderDataModule(_ImageDataModule):
         mode: ``"L"`` (grey, 1 channel) or ``"RGB"`` (3 channels).
         random_flip: flip training images horizontally with probability 1/2.
     """
-
-    EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
     def __init__(
         self,
@@ -553,27 +577,8 @@ class ImageFolderDataModule(_ImageDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, random_flip)
         self.save_hyperparameters()  # recorded in checkpoints, so `scoresde likelihood` can rebuild the data
-        from PIL import Image
-
         if mode not in ("L", "RGB"):
             raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
-        folder = Path(root)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"image folder not found: {folder}")
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in self.EXTENSIONS)
-        if len(files) < 3:
-            raise ValueError(
-                f"found {len(files)} images under {folder}; need at least 3 ({', '.join(self.EXTENSIONS)})"
-            )
-        arrays = []
-        for f in files:
-            with Image.open(f) as im:
-                arrays.append(np.asarray(im.convert(mode)))
-        sizes = {a.shape for a in arrays}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"images under {folder} have different sizes {sorted(sizes)}; resize them to one size first"
-            )
-        images = torch.from_numpy(_nchw(np.stack(arrays)).copy())
+        images = torch.from_numpy(read_image_folder(root, mode, minimum=3))
         val, test = _split_sizes(len(images), val_fraction, test_fraction)
         self._setup_images(images, 256, val, test, split_seed, low, high, dequantize)

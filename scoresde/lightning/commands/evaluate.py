@@ -30,6 +30,7 @@ import numpy as np
 
 from ... import evaluation
 from ..._utils import atomic_path
+from ..data import nchw, read_image_folder
 from ._common import CKPT_HELP, MODEL_CONFIG_HELP, build_parser, load_data, option, parse_config, prepare_out, split_of
 
 __all__ = ["EvaluateConfig", "evaluate_command", "run_evaluation", "load_images"]
@@ -60,14 +61,11 @@ class EvaluateConfig:
     progress: bool = option(True, "show a progress bar", result=False)
 
 
-def _nchw(x: np.ndarray, what: str) -> np.ndarray:
-    """Images as ``(N, C, H, W)``: channels-last arrays (``C`` of 1 or 3 last) are transposed."""
-    if x.ndim == 3:
-        x = x[:, None]
+def _raw_images(x: np.ndarray, what: str) -> np.ndarray:
+    """Images as ``(N, C, H, W)`` (channels-last arrays transposed), refused when they hold floats."""
+    x = nchw(x)
     if x.ndim != 4:
         raise ValueError(f"{what}: expected images (N, C, H, W) or (N, H, W, C), got shape {x.shape}")
-    if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)
     if np.issubdtype(x.dtype, np.floating):
         raise ValueError(
             f"{what} holds floats: give raw images (uint8 pixels, or the dataset's integer levels) as "
@@ -78,17 +76,15 @@ def _nchw(x: np.ndarray, what: str) -> np.ndarray:
 
 def load_images(path: str | Path, what: str) -> np.ndarray:
     """Images ``(N, C, H, W)`` from an ``.npz`` (its ``samples`` array, else ``train``, ``x`` or its only array),
-    a ``scoresde sample`` folder or a folder of PNG/JPEG files."""
+    a ``scoresde sample`` folder or a folder of images (:func:`~scoresde.lightning.data.read_image_folder`)."""
     p = Path(path)
     if p.is_dir() and (p / "samples.npz").is_file():
         p = p / "samples.npz"
     if p.is_dir():
-        from PIL import Image
-
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        if not files:
-            raise FileNotFoundError(f"{what}: {p} holds no samples.npz and no PNG/JPEG images")
-        return _nchw(np.stack([np.asarray(Image.open(f)) for f in files]), what)
+        try:
+            return _raw_images(read_image_folder(p), what)
+        except ValueError as err:
+            raise ValueError(f"{what}: {p} holds no samples.npz, and {err}") from err
     if not p.is_file():
         raise FileNotFoundError(f"{what}: {p} not found")
     with np.load(p) as z:
@@ -96,7 +92,7 @@ def load_images(path: str | Path, what: str) -> np.ndarray:
         key = next((k for k in ("samples", "train", "x") if k in keys), keys[0] if len(keys) == 1 else None)
         if key is None:
             raise ValueError(f"{what}: {p} holds {', '.join(keys)}; name the images 'samples'")
-        return _nchw(z[key], what)
+        return _raw_images(z[key], what)
 
 
 def _digest(arrays: np.ndarray) -> str:
@@ -132,22 +128,14 @@ def _draw_samples(cfg: EvaluateConfig, out: Path) -> Path:
 def _reference(cfg: EvaluateConfig, name: str, extract: evaluation.Extractor) -> evaluation.ReferenceStats:
     if (cfg.reference is None) == (cfg.data is None):
         raise ValueError("give the reference as --reference PATH or as --data (with --split), not both or neither")
-    if cfg.reference is not None and Path(cfg.reference).suffix == ".npz" and Path(cfg.reference).is_file():
-        with np.load(cfg.reference) as z:
-            is_stats = "feature_sum" in z or ("mu" in z and "sigma" in z)
-        if is_stats:
-            stats = evaluation.ReferenceStats.load(cfg.reference)
-            if stats.features_name != name:
-                raise ValueError(f"{cfg.reference} holds {stats.features_name} statistics, not {name}")
-            return stats
+    if cfg.reference is not None and evaluation.ReferenceStats.is_stats_file(cfg.reference):
+        return evaluation.ReferenceStats.load(cfg.reference, expect=name)
     if cfg.reference is not None:
         images = load_images(cfg.reference, "--reference")
     else:
         images = split_of(load_data(cfg.data, ""), cfg.split).numpy()
     cache = Path(cfg.cache) if cfg.cache else _cache_dir() / f"{name}-{_digest(images)}.npz"
-    if not cache.is_file():
-        cache.parent.mkdir(parents=True, exist_ok=True)
-    return evaluation.reference_stats(extract, name, images, cache, cfg.batch_size)
+    return evaluation.reference_stats(extract, name, images, cache, cfg.batch_size, cfg.progress)
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -161,7 +149,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     name = _choose_features(cfg, images)
     extract = evaluation.feature_extractor(name, cfg.inception if name == "inception" else None)
     stats = _reference(cfg, name, extract)
-    features, logits = evaluation.extract_features(extract, images, cfg.batch_size)
+    features, logits = evaluation.extract_features(extract, images, cfg.batch_size, cfg.progress)
     result = evaluation.image_metrics(
         stats, features, logits, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size, k=cfg.k,
         seed=cfg.seed,
