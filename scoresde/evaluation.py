@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ._utils import save_npz
 
@@ -148,16 +149,16 @@ def extract_features(
     extract: Extractor,
     images: np.ndarray | Tensor,
     batch_size: int = 200,
-    progress: Callable[[int], None] | None = None,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Features and logits of ``images: uint8 (N, C, H, W)`` in batches: ``(N, d)`` and ``(N, K)``."""
+    """Features and logits of ``images: uint8 (N, C, H, W)`` in batches: ``(N, d)`` and ``(N, K)`` (``progress``: a
+    bar over the batches)."""
     feats, logits = [], []
-    for i, batch in enumerate(_batches(images, batch_size)):
+    batches = _batches(images, batch_size)
+    for batch in tqdm(batches, total=-(-len(images) // batch_size), desc="features", disable=not progress):
         f, lg = extract(batch)
         feats.append(f)
         logits.append(lg)
-        if progress is not None:
-            progress(i)
     return torch.cat(feats), torch.cat(logits)
 
 
@@ -206,31 +207,47 @@ class ReferenceStats:
         }
         if self.features is not None:
             arrays["features"] = self.features.numpy()
-        save_npz(Path(path), arrays)
-        return Path(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return save_npz(Path(path), arrays)
+
+    @staticmethod
+    def is_stats_file(path: str | Path) -> bool:
+        """Whether ``path`` is an ``.npz`` of statistics (scoresde's, or ``mu``/``sigma``) rather than of images."""
+        if Path(path).suffix != ".npz" or not Path(path).is_file():
+            return False
+        with np.load(path) as z:
+            return "feature_sum" in z or ("mu" in z and "sigma" in z)
 
     @classmethod
-    def load(cls, path: str | Path) -> ReferenceStats:
+    def load(cls, path: str | Path, expect: str | None = None) -> ReferenceStats:
+        """Statistics saved by :meth:`save` (or a ``mu``/``sigma`` file: Inception); ``expect`` refuses those of
+        other features."""
         with np.load(path) as z:
             if "mu" in z and "sigma" in z:  # someone's precomputed statistics: mean and covariance only
-                return cls.from_mean_cov("inception", torch.from_numpy(z["mu"]), torch.from_numpy(z["sigma"]))
-            if "feature_sum" not in z:
+                stats = cls.from_mean_cov("inception", torch.from_numpy(z["mu"]), torch.from_numpy(z["sigma"]))
+            elif "feature_sum" in z:
+                feats = torch.from_numpy(z["features"]) if "features" in z else None
+                stats = cls(str(z["features_name"]), torch.from_numpy(z["feature_sum"]),
+                            torch.from_numpy(z["outer_sum"]), int(z["count"]), feats)  # fmt: skip
+            else:
                 raise ValueError(f"{path} holds neither scoresde reference statistics nor mu/sigma")
-            feats = torch.from_numpy(z["features"]) if "features" in z else None
-            return cls(str(z["features_name"]), torch.from_numpy(z["feature_sum"]),
-                       torch.from_numpy(z["outer_sum"]), int(z["count"]), feats)  # fmt: skip
+        if expect is not None and stats.features_name != expect:
+            raise ValueError(f"{path} holds {stats.features_name} statistics, not {expect}; give {expect} statistics")
+        return stats
 
 
 def reference_stats(
-    extract: Extractor, name: str, images: np.ndarray | Tensor, cache: str | Path | None = None, batch_size: int = 200
+    extract: Extractor,
+    name: str,
+    images: np.ndarray | Tensor,
+    cache: str | Path | None = None,
+    batch_size: int = 200,
+    progress: bool = False,
 ) -> ReferenceStats:
     """Statistics of a reference set, read from ``cache`` when it exists and written there otherwise."""
     if cache is not None and Path(cache).is_file():
-        stats = ReferenceStats.load(cache)
-        if stats.features_name != name:
-            raise ValueError(f"{cache} holds {stats.features_name} statistics, not {name}; use another --cache")
-        return stats
-    stats = ReferenceStats.from_features(name, extract_features(extract, images, batch_size)[0])
+        return ReferenceStats.load(cache, expect=name)
+    stats = ReferenceStats.from_features(name, extract_features(extract, images, batch_size, progress)[0])
     if cache is not None:
         stats.save(cache)
     return stats

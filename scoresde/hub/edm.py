@@ -21,7 +21,7 @@ import pickle
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
@@ -150,7 +150,7 @@ def read_edm(path: str | Path) -> EDMSnapshot:
     return EDMSnapshot(networks, {k: v for k, v in data.items() if k not in networks})
 
 
-def from_edm(path: str | Path) -> Any:
+def from_edm(path: str | Path) -> NoReturn:
     """Refuses in one line, after reading the snapshot safely: EDM networks cannot be rebuilt from tensors alone
     (module docstring). :func:`read_edm` gives their tensors and constructor arguments."""
     snap = read_edm(path)

@@ -243,8 +243,7 @@ def _pretrained(spec: CheckpointSpec, model_config: str | None) -> ScoreModule:
             )
         model = hub.from_score_sde(spec.path, model_config)
     else:
-        hub.from_edm(spec.path)  # reads the file safely, then says why it cannot be rebuilt
-        raise AssertionError("unreachable")
+        hub.from_edm(spec.path)  # reads the file safely, then says in one line why it cannot be rebuilt
     net: Any = model.net  # DiffusersUNet or NCSNpp: both know their data shape
     shape = tuple(int(s) for s in net.data_shape)
     low = 0.0 if getattr(net, "centered", True) is False else -1.0
