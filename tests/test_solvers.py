@@ -67,6 +67,12 @@ GENEROUS = {
     "dpm_solver_pp-3m": ("dpm_solver_pp", {"order": 3}, 30, "log_snr"),
     "heun": ("heun", {}, 30, "karras"),
     "heun-churn": ("heun", {"S_churn": 5.0}, 100, "karras"),
+    "unipc": ("unipc", {}, 15, "log_snr"),
+    "deis": ("deis", {}, 20, "log_snr"),
+    "ipndm": ("ipndm", {}, 20, "karras"),
+    "ipndm-v": ("ipndm", {"variable_step": True}, 20, "karras"),
+    "dpm_solver_pp_sde": ("dpm_solver_pp_sde", {}, 100, "log_snr"),
+    "dpm_solver_pp_sde-3m": ("dpm_solver_pp_sde", {"order": 3}, 100, "log_snr"),
 }
 # Per-sample Langevin step sizes (r ||z|| / ||s||)² are heavy-tailed in 2-D, where ||s|| is near 0 at the modes;
 # the corrector is meant for high-dimensional data (see docs/solvers.md), so it is checked on the 64-D target only.

@@ -19,7 +19,11 @@ from .correctors import PredictorCorrector as PredictorCorrector
 from .fast import DDIM as DDIM
 from .fast import DPMSolver as DPMSolver
 from .fast import DPMSolverPP as DPMSolverPP
+from .fast import DPMSolverPPSDE as DPMSolverPPSDE
 from .fast import Heun as Heun
+from .multistep import DEIS as DEIS
+from .multistep import IPNDM as IPNDM
+from .multistep import UniPC as UniPC
 from .ode import ProbabilityFlow as ProbabilityFlow
 from .registry import CORRECTORS as CORRECTORS
 from .registry import SOLVERS as SOLVERS

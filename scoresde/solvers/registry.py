@@ -12,7 +12,8 @@ from typing import Any
 
 from .base import Solver
 from .correctors import AnnealedLangevin, Corrector, Langevin, NoPredictor, PredictorCorrector
-from .fast import DDIM, DPMSolver, DPMSolverPP, Heun
+from .fast import DDIM, DPMSolver, DPMSolverPP, DPMSolverPPSDE, Heun
+from .multistep import DEIS, IPNDM, UniPC
 from .ode import ProbabilityFlow
 from .sde import SRK, Ancestral, EulerMaruyama, Milstein, ReverseDiffusion, ReversibleHeun, TorchSDE
 
@@ -28,12 +29,16 @@ SOLVERS: dict[str, type[Solver]] = {
     "reversible_heun": ReversibleHeun,
     "torchsde": TorchSDE,
     "pc": PredictorCorrector,
+    "dpm_solver_pp_sde": DPMSolverPPSDE,
     # probability-flow ODE
     "ode": ProbabilityFlow,
     "ddim": DDIM,
     "dpm_solver": DPMSolver,
     "dpm_solver_pp": DPMSolverPP,
     "heun": Heun,
+    "unipc": UniPC,
+    "deis": DEIS,
+    "ipndm": IPNDM,
 }
 """Solver classes by name."""
 
