@@ -3,6 +3,7 @@ a solver to the end; :func:`sample_steps` yields every step for users who bring 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,7 @@ def _start(
     built = get_solver(solver, **solver_options)
     built.check(sde)
     shape = _check_shape(shape)
+    built.check_size(math.prod(shape[1:]))
     t_end = sde.sampling_eps if t_end is None else float(t_end)
     ts = get_timesteps(grid, sde, t_end, steps)
     if seeds is not None and generator is not None:

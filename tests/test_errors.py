@@ -112,6 +112,7 @@ def _cases(tmp_path, toy_ckpt):
         (["sample", "--ckpt", ck, "--out", str(a_file)], f"--out {a_file} is a file"),
         (["sample", "--ckpt", ck, "--solver", "dpm", "--out", out], "unknown solver 'dpm'"),
         (["sample", "--ckpt", ck, "--solver", "ddim", "--order", "2", "--out", out], "solver 'ddim' has no option"),
+        (["sample", "--ckpt", ck, "--solver", "pc", "--out", out], "the Langevin corrector is unsafe below 16 dimensions"),
         (["likelihood", "--ckpt", ck, "--limit", "-5", "--out", out], "--limit must be a positive number"),
         (["likelihood", "--ckpt", ck, "--data", str(tmp_path / "nope.yaml"), "--out", out], "--data"),
         (["interpolate", "--ckpt", ck, "--pairs", "0", "--out", out], "--pairs must be >= 1"),

@@ -171,6 +171,36 @@ def test_variable_step_ipndm_equals_k_diffusion_lms(order):
     assert _rel(ours, theirs) < 1e-10
 
 
+@pytest.mark.parametrize("nfe", [3, 4, 5, 6, 7, 10])
+def test_dpm_solver_fast_equals_k_diffusion_dpm_fast(nfe):
+    """DPM-Solver-fast's order pattern and singlestep updates on the log-SNR grid. k-diffusion builds its grid with
+    ``torch.linspace`` in the default dtype, so the check runs with float64 as the default."""
+    kd = _k_diffusion()
+    if kd is None:
+        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion)")
+    sde = VPSDE()
+    solver = solvers.dpm_solver_fast(nfe)
+    ours = sample(RING.score_fn(sde), sde, (64, 2), solver=solver, steps=len(solver.orders), grid="log_snr",
+                  x_init=_x_T(), dtype=torch.float64)
+    assert ours.nfe == nfe and sum(solver.orders) == nfe
+    ends = torch.exp(-sde.log_snr(torch.tensor([1.0, 1e-3], dtype=torch.float64)))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        theirs = _k_diffusion_run(lambda m, x, s, **kw: kd.sample_dpm_fast(m, x, ends[1], ends[0], nfe, **kw), sde,
+                                  get_timesteps("log_snr", sde, 1e-3, 1), _x_T())
+    finally:
+        torch.set_default_dtype(default)
+    assert _rel(ours.x, theirs) < 1e-10
+
+
+def test_dpm_solver_orders_must_match_the_grid():
+    with pytest.raises(ValueError, match="orders has 2 entries but the grid has 5 steps"):
+        sample(RING.score_fn(VPSDE()), VPSDE(), (4, 2), solver="dpm_solver", orders=(3, 2), steps=5)
+    with pytest.raises(ValueError, match="orders must be a non-empty list of 1, 2 or 3"):
+        get_solver("dpm_solver", orders=(4,))
+
+
 def test_ipndm_on_a_uniform_sigma_grid_equals_its_variable_step_form():
     """On a grid uniform in sigma_hat the equal-step coefficients are the variable-step ones."""
     sde = VESDE(sigma_max=5.0)  # alpha = 1, sigma_hat = sigma
@@ -196,6 +226,7 @@ ORDERS = {
     "ipndm": ("ipndm", {}, "karras", (2.0, 1.9)),
     "ipndm-v": ("ipndm", {"variable_step": True}, "karras", (3.7, 2.5)),
     "dpm_solver_pp_sde-eta0": ("dpm_solver_pp_sde", {"eta": 0.0}, "log_snr", (2.0, 2.0)),
+    "dpm_solver_pp-3m-first_order": ("dpm_solver_pp", {"order": 3, "start": "first_order"}, "log_snr", (2.9, 2.3)),
 }
 ORDER_SDES = {"vp": VPSDE(), "ve": VESDE(sigma_max=5.0)}
 
@@ -246,11 +277,12 @@ def _sweep(name, sde_id, steps):
     sde = SWEEP_SDES[sde_id]
     f = RING.score_fn(sde)
     grid = "uniform" if name in TORCHSDE else "log_snr"
+    opts = {"corrector": "annealed_langevin"} if name == "pc" else {}  # langevin is refused in 2-D
     bad = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for n in steps:
-            x = sample(f, sde, (16, 2), solver=name, steps=n, grid=grid, seeds=derive_seeds(0, 0, 16)).x
+            x = sample(f, sde, (16, 2), solver=name, steps=n, grid=grid, seeds=derive_seeds(0, 0, 16), **opts).x
             if not torch.isfinite(x).all():
                 bad.append(n)
     assert not bad, f"{name} on {sde_id}: NaN or inf at steps {bad}"

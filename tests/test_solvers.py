@@ -367,7 +367,7 @@ def test_ancestral_posterior_equals_ddim_with_eta_one(sde, ring):
         ("ancestral", {}, lambda n: n),
         ("srk", {}, lambda n: 3 * n + 1),  # 3 drift evaluations per step + sdeint's shape check
         ("milstein", {}, lambda n: n + 1),
-        ("pc", {"corrector_options": {"n_steps": 2}}, lambda n: 3 * n),
+        ("pc", {"corrector": "annealed_langevin", "corrector_options": {"n_steps": 2}}, lambda n: 3 * n),
         ("ode", {"method": "rk4"}, lambda n: 4 * n),
         ("ddim", {}, lambda n: n),
         ("dpm_solver", {"order": 3}, lambda n: 3 * n),
@@ -490,10 +490,14 @@ def test_per_sample_noise_is_standard_normal_and_independent():
     assert torch.equal(derive_seeds(7, 0, 10)[5:], derive_seeds(7, 5, 5))
 
 
-def test_langevin_warns_in_low_dimension(ring):
+def test_langevin_is_refused_in_low_dimension_with_the_safe_corrector_named(ring):
     sde = VPSDE()
-    with pytest.warns(UserWarning, match="heavy-tailed in 2 dimensions.*annealed_langevin"):
+    with pytest.raises(ValueError, match="Langevin corrector is unsafe below 16 dimensions.*these data have 2.*annealed_langevin"):
         sample(ring.score_fn(sde), sde, (8, 2), solver="pc", steps=3)
+    assert get_solver("pc").min_dims == 16 and get_solver("pc", corrector="annealed_langevin").min_dims == 1
+    assert all(get_solver(name).min_dims == 1 for name in solvers.SOLVERS if name != "pc")
+    sample(ring.score_fn(sde), sde, (8, 2), solver="pc", corrector="annealed_langevin", steps=3)  # accepted
+    sample(MIX64.score_fn(sde), sde, (8, 1, 8, 8), solver="pc", steps=3)  # 64 dimensions: accepted
 
 
 def _docs_example(title: str) -> str:

@@ -6,7 +6,9 @@ read-only metadata, declared as class constants (or, where it follows from the o
 - ``convergence_order``: order in the step size (weak order for stochastic solvers), ``strong_order`` (pathwise);
 - ``stochastic``: whether it draws noise; ``per_sample_noise``: whether all of it comes through the ``noise`` hook;
 - ``evaluations_per_step``: score evaluations per step;
-- ``requires``: SDE methods the step calls beyond the basic ones (checked by :meth:`Solver.check`).
+- ``requires``: SDE methods the step calls beyond the basic ones (checked by :meth:`Solver.check`);
+- ``min_dims``: data dimensions per sample below which the solver is unsafe (:meth:`Solver.check_size` refuses it
+  there, and automatic choices never pick it).
 
 ``step(score_fn, sde, state, ctx) -> State`` moves the state from ``ctx.now.t`` to ``ctx.next.t``; :meth:`Solver.steps`
 yields the states one by one and :meth:`Solver.solve` runs them to the end.
@@ -188,8 +190,20 @@ class Solver(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} declares no evaluations_per_step")
 
     @property
+    def min_dims(self) -> int:
+        """Data dimensions per sample below which the solver is unsafe (1: safe everywhere)."""
+        return 1
+
+    @property
     def name(self) -> str:
         return type(self).__name__
+
+    def check_size(self, dims: int) -> None:
+        """Raise ``ValueError`` if data of ``dims`` dimensions per sample are below :attr:`min_dims`."""
+        if dims < self.min_dims:
+            raise ValueError(
+                f"solver {self.name} is unsafe below {self.min_dims} dimensions per sample; these data have {dims}"
+            )
 
     def check(self, sde: SDE) -> None:
         """Raise :class:`SolverSDEIncompatible` if ``sde`` lacks anything this solver needs."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -34,6 +33,9 @@ class Corrector(abc.ABC):
 
     snr: float = 0.16
     n_steps: int = 1
+
+    min_dims: ClassVar[int] = 1
+    """Data dimensions per sample below which the corrector is unsafe."""
 
     def __post_init__(self) -> None:
         if not self.snr > 0:
@@ -69,15 +71,14 @@ class Langevin(Corrector):
     """Langevin corrector (Algorithm 4/5): ``eps = 2 alpha_i (r ‖z‖ / ‖s‖)²``.
 
     The norms are per sample (the reference averages them over the batch, which makes a sample depend on its batch).
+    Below 16 dimensions the ratio ``‖z‖ / ‖s‖`` is heavy-tailed (the score vanishes at the modes): on the 2-D ring,
+    29.7 % of samples ended beyond radius 3 (the largest at 3,975), so the corrector declares ``min_dims = 16`` and
+    sampling refuses it there.
     """
 
+    min_dims: ClassVar[int] = 16
+
     def step_size(self, score: Tensor, z: Tensor, ct: Coefficients, alpha_i: float) -> Tensor:
-        if score[0].numel() < 16:
-            warnings.warn(
-                f"the langevin corrector sets each sample's step from ||z|| / ||s||, which is heavy-tailed in "
-                f"{score[0].numel()} dimensions (the score vanishes at the modes); use annealed_langevin for low-dimensional data",
-                stacklevel=4,
-            )
         s_norm = score.flatten(1).norm(dim=1).clamp_min(torch.finfo(score.dtype).tiny)
         eps = 2 * alpha_i * (self.snr * z.flatten(1).norm(dim=1) / s_norm) ** 2
         return eps.view(-1, *([1] * (score.ndim - 1)))
@@ -146,6 +147,19 @@ class PredictorCorrector(Solver):
     @property
     def name(self) -> str:
         return f"pc({self.predictor.name}+{self.corrector.name})"
+
+    @property
+    def min_dims(self) -> int:
+        return max(self.predictor.min_dims, self.corrector.min_dims)
+
+    def check_size(self, dims: int) -> None:
+        if dims < self.corrector.min_dims:
+            raise ValueError(
+                f"the {self.corrector.name} corrector is unsafe below {self.corrector.min_dims} dimensions per sample "
+                f"(these data have {dims}): its step (r ||z|| / ||s||)² is heavy-tailed there; use the "
+                "annealed_langevin corrector (corrector='annealed_langevin', or --corrector annealed_langevin)"
+            )
+        self.predictor.check_size(dims)
 
     def check(self, sde: SDE) -> None:
         self.predictor.check(sde)

@@ -26,6 +26,7 @@ adds classifier guidance of scale ``--classifier-scale``; ``--threshold static|d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +213,8 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config)
     solver, default_options = model.default_solver() if cfg.solver is None else (cfg.solver, {})
     options = {**default_options, **cfg.options}
-    get_solver(solver, **options)  # fail on a bad name or option before any work
+    built = get_solver(solver, **options)  # fail on a bad name or option before any work
+    built.check_size(math.prod(model.data_shape or (1,)))  # and on a solver unsafe for data this small
     classifier = load_classifier(cfg.classifier) if cfg.classifier else None
     num_classes = model.num_classes if classifier is None else _classifier_classes(classifier, model)
     classes = parse_classes(cfg.classes, num_classes)
