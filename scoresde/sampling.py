@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +16,8 @@ from ._typing import ScoreFn
 from ._utils import append_dims
 from .noise import PerSampleNoise
 from .sde import SDE
-from .solvers import Solver, SolverSpec, State, StepCallback, get_solver, get_timesteps
+from .solvers import Solver, SolverSpec, State, StepCallback, get_solver
+from .solvers.grids import resolve_grid
 
 __all__ = ["sample", "sample_steps", "SampleResult", "SampleStep", "CountingScore"]
 
@@ -64,12 +66,12 @@ def _start(
     sde: SDE,
     shape: Sequence[int],
     solver: SolverSpec,
-    steps: int,
+    steps: int | None,
     generator: torch.Generator | None,
     seeds: Tensor | Sequence[int] | None,
     x_init: Tensor | None,
     t_end: float | None,
-    grid: str,
+    grid: str | Path | Tensor,
     device: torch.device | str | None,
     dtype: torch.dtype,
     solver_options: dict[str, Any],
@@ -79,8 +81,8 @@ def _start(
     built.check(sde)
     shape = _check_shape(shape)
     built.check_size(math.prod(shape[1:]))
-    t_end = sde.sampling_eps if t_end is None else float(t_end)
-    ts = get_timesteps(grid, sde, t_end, steps)
+    ts = resolve_grid(grid, sde, t_end, steps)
+    t_end = float(ts[-1])
     if seeds is not None and generator is not None:
         raise ValueError("pass either generator or seeds, not both")
     if generator is not None:
@@ -115,12 +117,12 @@ def sample(
     shape: Sequence[int],
     *,
     solver: SolverSpec = "euler_maruyama",
-    steps: int = 1000,
+    steps: int | None = None,
     generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
     x_init: Tensor | None = None,
     t_end: float | None = None,
-    grid: str = "uniform",
+    grid: str | Path | Tensor = "uniform",
     denoise: bool = False,
     callback: StepCallback | None = None,
     return_trajectory: bool = False,
@@ -137,7 +139,7 @@ def sample(
         sde: the forward SDE the score belongs to.
         shape: ``(B, *D)``.
         solver: a name from ``scoresde.solvers.SOLVERS`` or a :class:`Solver` instance.
-        steps: number of solver steps.
+        steps: number of solver steps (default 1000; a given grid has its own).
         generator: source of the per-sample seeds (``None``: a fresh unseeded one). Seeds are drawn as
             ``torch.randint(2**62, (B,), generator=generator)``; on the CPU a batch's seeds are the first ``B`` of a
             larger batch's, so the same generator state gives the same first samples whatever the batch size.
@@ -146,8 +148,10 @@ def sample(
             sample (its prior draw and its solver noise) comes from its own stream, so it does not depend on the
             batch it is drawn in (solvers with ``per_sample_noise = False``, the torchsde ones, excepted).
         x_init: start from this ``x_T: (B, *D)`` instead of a prior draw.
-        t_end: end time (default ``sde.sampling_eps``: 1e-3 for VP/sub-VP, 1e-5 for VE).
-        grid: time grid name (see ``scoresde.solvers.TIME_GRIDS``): ``uniform``, ``quadratic``, ``log_snr``, ``karras``.
+        t_end: end time (default ``sde.sampling_eps``: 1e-3 for VP/sub-VP, 1e-5 for VE; a given grid has its own).
+        grid: a time grid name (see ``scoresde.solvers.TIME_GRIDS``: ``uniform``, ``quadratic``, ``log_snr``,
+            ``karras``), a grid file (``*.json``, from ``scoresde grid`` or ``scoresde.solvers.save_grid``) or the
+            decreasing times themselves, a ``(steps + 1,)`` tensor.
         denoise: finish with Tweedie's denoising step ``x ← (x + sigma² s(x, t_end)) / alpha`` (one more NFE).
         callback: called after every step as ``callback(i, t_next, state)``.
         return_trajectory: keep every intermediate state (on the CPU).
@@ -168,7 +172,7 @@ def sample(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=f"sampling ({built.name})", unit="step")
+        bar = tqdm(total=len(ts) - 1, desc=f"sampling ({built.name})", unit="step")
 
     def on_step(i: int, t_next: float, state: State) -> None:
         if trajectory is not None:
@@ -218,12 +222,12 @@ def sample_steps(
     shape: Sequence[int],
     *,
     solver: SolverSpec = "euler_maruyama",
-    steps: int = 1000,
+    steps: int | None = None,
     generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
     x_init: Tensor | None = None,
     t_end: float | None = None,
-    grid: str = "uniform",
+    grid: str | Path | Tensor = "uniform",
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     **solver_options: Any,

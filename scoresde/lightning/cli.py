@@ -158,6 +158,10 @@ COMMANDS: dict[str, Command] = {
         "FID, KID, Inception Score and precision/recall of samples against a reference set",
         "scoresde.lightning.commands.evaluate:evaluate_command",
     ),
+    "grid": Command(
+        "search a time grid for a model, a solver and a budget (saved for sample --grid FILE)",
+        "scoresde.lightning.commands.grid:grid_command",
+    ),
     "classifier": Command(
         "train the noise-conditional classifier of classifier guidance (fit, validate)",
         "scoresde.lightning.cli:classifier_cli",

@@ -6,6 +6,7 @@ import inspect
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -23,6 +24,7 @@ from ..parametrization import ScoreModel
 from ..sampling import SampleResult, sample
 from ..sde import SDE
 from ..solvers import Solver, get_solver
+from ..solvers.grids import is_grid_file
 from ..transforms import DataTransform
 
 __all__ = ["ScoreModule"]
@@ -329,6 +331,13 @@ class ScoreModule(L.LightningModule):
         return self.sampler, {}
 
     @torch.no_grad()
+    def _steps(self, steps: int | None, grid: object) -> int | None:
+        """``steps``, else the model's ``sample_steps``, except on a given grid (a file or tensor has its own)."""
+        if steps is not None:
+            return steps
+        given = isinstance(grid, Tensor) or (isinstance(grid, str | Path) and is_grid_file(grid))
+        return None if given else int(self.hparams["sample_steps"])
+
     def sample(
         self,
         n: int,
@@ -370,7 +379,7 @@ class ScoreModule(L.LightningModule):
                 self.sde,
                 (n, *self.data_shape),
                 solver=self.default_solver()[0] if solver is None else solver,
-                steps=self.hparams["sample_steps"] if steps is None else steps,
+                steps=self._steps(steps, options.get("grid")),
                 generator=generator,
                 device=self.device,
                 progress=progress,

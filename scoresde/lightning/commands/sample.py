@@ -42,6 +42,7 @@ from ..._utils import save_npz
 from ...guidance import classifier_guidance, threshold
 from ...noise import derive_seeds
 from ...solvers import DISCRETE_GRIDS, SOLVERS, TIME_GRIDS, Solver, get_solver
+from ...solvers.grids import is_grid_file, resolve_grid
 from ..classifier import ClassifierModule
 from ..module import ScoreModule
 from ._common import (
@@ -74,7 +75,9 @@ class SampleConfig(DeviceOptions):
     solver: str | None = option(None, f"one of: {', '.join(sorted(SOLVERS))} (default: the model's)")
     steps: int | None = option(None, "solver steps (default: the model's sample_steps)")
     grid: str = option(
-        "uniform", f"time grid: {', '.join([*TIME_GRIDS, *DISCRETE_GRIDS])} (the last three: discrete schedules)"
+        "uniform",
+        f"time grid: {', '.join([*TIME_GRIDS, *DISCRETE_GRIDS])} (the last three: discrete schedules), or a grid "
+        "file (*.json) from `scoresde grid`",
     )
     options: dict[str, Any] = option({}, "solver options, e.g. '{eta: 0.5}'; or pass --eta 0.5 (or --solver.eta 0.5)")
     n: int = option(64, "number of samples")
@@ -215,6 +218,7 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     options = {**default_options, **cfg.options}
     built = get_solver(solver, **options)  # fail on a bad name or option before any work
     built.check_size(math.prod(model.data_shape or (1,)))  # and on a solver unsafe for data this small
+    grid_times = resolve_grid(cfg.grid, model.sde, cfg.t_end, cfg.steps) if is_grid_file(cfg.grid) else None
     classifier = load_classifier(cfg.classifier) if cfg.classifier else None
     num_classes = model.num_classes if classifier is None else _classifier_classes(classifier, model)
     classes = parse_classes(cfg.classes, num_classes)
@@ -237,6 +241,7 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
         options=options,
         ckpt=str(spec.path.resolve()),
         ckpt_sha256=spec.digest(),
+        **({} if grid_times is None else {"grid_times": grid_times.tolist()}),
     )
     task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
     merged = run_resumable(cfg, task, out / "sample_config.json", record, "samples drawn", precision=cfg.precision)
@@ -249,6 +254,8 @@ def _merge(model: ScoreModule, cfg: SampleConfig, solver: object, out: Path, mer
     extra = {} if labels is None else {"labels": labels}
     save_npz(final, {"samples": samples, "nfe_per_sample": nfe, **extra})  # (N, *D), (N,), (N,)
     steps = model.hparams["sample_steps"] if cfg.steps is None else cfg.steps
+    if is_grid_file(cfg.grid):
+        steps = len(resolve_grid(cfg.grid, model.sde, cfg.t_end, cfg.steps)) - 1
     title = f"{len(samples)} samples of {CheckpointSpec.parse(cfg.ckpt).path.name}: {solver}, {steps} steps, {nfe.mean():.0f} NFE"
     plotting.samples_picture(samples, model.transform, out / "samples.png", labels=labels, title=title)
     print(
