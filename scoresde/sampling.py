@@ -17,9 +17,10 @@ from ._utils import append_dims
 from .noise import PerSampleNoise
 from .sde import SDE
 from .solvers import Solver, SolverSpec, State, StepCallback, get_solver
+from .solvers.budget import BudgetChoice, choose_for_budget
 from .solvers.grids import resolve_grid
 
-__all__ = ["sample", "sample_steps", "SampleResult", "SampleStep", "CountingScore"]
+__all__ = ["sample", "sample_steps", "SampleResult", "SampleStep", "CountingScore", "AnalyticFirstStep"]
 
 
 @dataclass
@@ -30,11 +31,13 @@ class SampleResult:
         x: the samples ``(B, *D)``.
         nfe: number of score evaluations actually made (counted, not computed).
         trajectory: the states after every step, each ``(B, *D)`` on the CPU, if requested.
+        choice: what ``nfe=K`` picked (solver, options, grid, steps), if it was given.
     """
 
     x: Tensor
     nfe: int
     trajectory: list[Tensor] | None = None
+    choice: BudgetChoice | None = None
 
 
 class CountingScore:
@@ -52,6 +55,24 @@ class CountingScore:
         return out
 
 
+class AnalyticFirstStep:
+    """Wraps ``score_fn`` for the "analytical first step" (Dockhorn et al., 2022, GENIE; Zhou et al., 2024, AMED):
+    the first call, at ``t = T``, is answered without the network as the score of data concentrated at the origin,
+    ``s(x, T) = -x / sigma_T²`` (``x̂_0 = 0``; exact as ``alpha_T -> 0``: under VP ``alpha_T = 0.0067``), which saves one
+    evaluation. Data far from the origin relative to ``sigma_T / alpha_T`` should not use it."""
+
+    def __init__(self, score_fn: ScoreFn, sde: SDE, t0: float) -> None:
+        self.score_fn, self.t0, self.pending = score_fn, t0, True
+        self.sigma2 = float(sde.sigma(torch.tensor([t0], dtype=torch.float64))[0]) ** 2
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.pending:
+            self.pending = False
+            if bool((t == self.t0).all()):
+                return -x / self.sigma2
+        return self.score_fn(x, t)
+
+
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in shape)
@@ -65,23 +86,23 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
 def _start(
     sde: SDE,
     shape: Sequence[int],
-    solver: SolverSpec,
+    solver: SolverSpec | None,
     steps: int | None,
     generator: torch.Generator | None,
     seeds: Tensor | Sequence[int] | None,
     x_init: Tensor | None,
     t_end: float | None,
-    grid: str | Path | Tensor,
+    grid: str | Path | Tensor | None,
     device: torch.device | str | None,
     dtype: torch.dtype,
     solver_options: dict[str, Any],
 ) -> tuple[Solver, Tensor, PerSampleNoise, Tensor, float, torch.device]:
     """Check every input before any work: the solver, its grid, the per-sample noise and the state at ``T``."""
-    built = get_solver(solver, **solver_options)
+    built = get_solver("euler_maruyama" if solver is None else solver, **solver_options)
     built.check(sde)
     shape = _check_shape(shape)
     built.check_size(math.prod(shape[1:]))
-    ts = resolve_grid(grid, sde, t_end, steps)
+    ts = resolve_grid("uniform" if grid is None else grid, sde, t_end, steps)
     t_end = float(ts[-1])
     if seeds is not None and generator is not None:
         raise ValueError("pass either generator or seeds, not both")
@@ -116,13 +137,15 @@ def sample(
     sde: SDE,
     shape: Sequence[int],
     *,
-    solver: SolverSpec = "euler_maruyama",
+    solver: SolverSpec | None = None,
     steps: int | None = None,
+    nfe: int | None = None,
     generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
     x_init: Tensor | None = None,
     t_end: float | None = None,
-    grid: str | Path | Tensor = "uniform",
+    grid: str | Path | Tensor | None = None,
+    analytic_first_step: bool = False,
     denoise: bool = False,
     callback: StepCallback | None = None,
     return_trajectory: bool = False,
@@ -138,8 +161,11 @@ def sample(
             analytic ``GaussianMixture.score_fn(sde)``, or any callable).
         sde: the forward SDE the score belongs to.
         shape: ``(B, *D)``.
-        solver: a name from ``scoresde.solvers.SOLVERS`` or a :class:`Solver` instance.
+        solver: a name from ``scoresde.solvers.SOLVERS`` or a :class:`Solver` instance (default ``euler_maruyama``).
         steps: number of solver steps (default 1000; a given grid has its own).
+        nfe: a budget of score evaluations instead of ``solver``, ``steps`` and ``grid``: the solver and grid the
+            solver benchmark measured best at that budget for this SDE's family
+            (:func:`scoresde.solvers.budget.choose_for_budget`; the result's ``choice`` says which).
         generator: source of the per-sample seeds (``None``: a fresh unseeded one). Seeds are drawn as
             ``torch.randint(2**62, (B,), generator=generator)``; on the CPU a batch's seeds are the first ``B`` of a
             larger batch's, so the same generator state gives the same first samples whatever the batch size.
@@ -149,9 +175,11 @@ def sample(
             batch it is drawn in (solvers with ``per_sample_noise = False``, the torchsde ones, excepted).
         x_init: start from this ``x_T: (B, *D)`` instead of a prior draw.
         t_end: end time (default ``sde.sampling_eps``: 1e-3 for VP/sub-VP, 1e-5 for VE; a given grid has its own).
-        grid: a time grid name (see ``scoresde.solvers.TIME_GRIDS``: ``uniform``, ``quadratic``, ``log_snr``,
+        grid: a time grid name (default ``uniform``; see ``scoresde.solvers.TIME_GRIDS``: ``quadratic``, ``log_snr``,
             ``karras``), a grid file (``*.json``, from ``scoresde grid`` or ``scoresde.solvers.save_grid``) or the
             decreasing times themselves, a ``(steps + 1,)`` tensor.
+        analytic_first_step: answer the first score call (at ``T``) analytically (:class:`AnalyticFirstStep`): one
+            evaluation fewer for the same grid.
         denoise: finish with Tweedie's denoising step ``x ← (x + sigma² s(x, t_end)) / alpha`` (one more NFE).
         callback: called after every step as ``callback(i, t_next, state)``.
         return_trajectory: keep every intermediate state (on the CPU).
@@ -162,6 +190,12 @@ def sample(
     Returns:
         :class:`SampleResult` with ``x``, the counted ``nfe`` and optionally the trajectory.
     """
+    choice = None
+    if nfe is not None:
+        if solver is not None or steps is not None or grid is not None or solver_options:
+            raise ValueError("nfe picks the solver, its options, the grid and the steps: give nfe or those, not both")
+        choice = choose_for_budget(nfe, sde)
+        solver, steps, grid, solver_options = choice.solver, choice.steps, choice.grid, dict(choice.options)
     built, ts, noise, x, t_end, device = _start(
         sde, shape, solver, steps, generator, seeds, x_init, t_end, grid, device, dtype, solver_options
     )
@@ -185,7 +219,8 @@ def sample(
     observe = trajectory is not None or bar is not None or callback is not None
     with torch.no_grad():
         try:
-            x = built.solve(counted, sde, x, ts, noise, on_step if observe else None)
+            score: ScoreFn = AnalyticFirstStep(counted, sde, float(ts[0])) if analytic_first_step else counted
+            x = built.solve(score, sde, x, ts, noise, on_step if observe else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -193,7 +228,7 @@ def sample(
             t = torch.full((shape[0],), t_end, dtype=torch.float64, device=device)
             alpha, sigma = (append_dims(c(t), x.ndim).to(x.dtype) for c in (sde.alpha, sde.sigma))
             x = (x + sigma**2 * counted(x, t)) / alpha
-    return SampleResult(x=x, nfe=counted.nfe, trajectory=trajectory)
+    return SampleResult(x=x, nfe=counted.nfe, trajectory=trajectory, choice=choice)
 
 
 @dataclass(frozen=True)

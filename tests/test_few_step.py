@@ -2,6 +2,7 @@
 of the same algorithms, and every registered solver free of NaN and inf at any step count."""
 
 import functools
+import math
 import warnings
 
 import numpy as np
@@ -278,6 +279,8 @@ def _sweep(name, sde_id, steps):
     f = RING.score_fn(sde)
     grid = "uniform" if name in TORCHSDE else "log_snr"
     opts = {"corrector": "annealed_langevin"} if name == "pc" else {}  # langevin is refused in 2-D
+    if math.isnan(get_solver(name).evaluations_per_step):
+        steps = steps[:1]  # adaptive: the tolerance decides, the grid's step count does not matter
     bad = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -299,3 +302,70 @@ def test_no_solver_returns_nan_or_inf_at_few_steps(name, sde_id):
 @pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
 def test_no_solver_returns_nan_or_inf_from_1_to_1000_steps(name, sde_id):
     _sweep(name, sde_id, LONG_STEPS)
+
+
+# ---- the budget-aware default -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(sigma_max=5.0)], ids=["vp", "ve"])
+def test_nfe_spends_exactly_the_budget(sde):
+    f = RING.score_fn(sde)
+    for k in [*range(1, 22), 30, 50, 64, 100, 120]:
+        res = sample(f, sde, (8, 2), nfe=k, seeds=derive_seeds(0, 0, 8))
+        assert res.nfe == k and torch.isfinite(res.x).all(), (k, res.choice)
+        assert res.choice is not None and res.choice.nfe == k
+
+
+def test_nfe_picks_the_table_row_and_refuses_other_choices():
+    from scoresde.solvers.budget import choose_for_budget, sde_family
+
+    assert sde_family(VPSDE()) == "vp" and sde_family(SubVPSDE()) == "vp" and sde_family(VESDE()) == "ve"
+    c = choose_for_budget(5, VPSDE())
+    assert (c.solver, c.options, c.grid, c.steps) == ("unipc", {"order": 3}, "karras", 5)
+    c = choose_for_budget(3, VPSDE())
+    assert (c.solver, c.options["orders"], c.steps) == ("dpm_solver", (2, 1), 2)
+    assert "best at 5 evaluations for VP-type SDEs" in choose_for_budget(5, VPSDE()).describe()
+    with pytest.raises(ValueError, match="give nfe or those, not both"):
+        sample(RING.score_fn(VPSDE()), VPSDE(), (4, 2), nfe=5, solver="ddim")
+    with pytest.raises(ValueError, match="nfe must be a positive integer"):
+        sample(RING.score_fn(VPSDE()), VPSDE(), (4, 2), nfe=0)
+
+
+def test_the_budget_table_is_the_benchmarks_choice():
+    """Each row of BUDGET_TABLE is the configuration with the least transport error (geometric mean over the ring and
+    the 64-D mixture, each normalised by the budget's best run) in benchmarks/results/solvers.json."""
+    import json
+    import math
+    from pathlib import Path
+
+    from scoresde.solvers.budget import BUDGET_TABLE
+
+    path = Path(__file__).parents[1] / "benchmarks" / "results" / "solvers.json"
+    cases = json.loads(path.read_text())["quality"]["cases"]
+    names = {("ddim", "{}", "log_snr"): "ddim", ("dpm_solver_fast", "{}", "log_snr"): "dpm_solver_fast",
+             ("ipndm", "{}", "log_snr"): "ipndm(log_snr)", ("ipndm", "{}", "karras"): "ipndm(karras)",
+             ("unipc", "{}", "log_snr"): "unipc-2", ("unipc", "{}", "karras"): "unipc-2(karras)",
+             ("unipc", "{'order': 3}", "log_snr"): "unipc-3", ("unipc", "{'order': 3}", "karras"): "unipc-3(karras)",
+             ("deis", "{'order': 3}", "log_snr"): "deis-3", ("deis", "{'order': 3}", "karras"): "deis-3(karras)"}
+    budgets = json.loads(path.read_text())["quality"]["budgets"]
+    for family, rows in BUDGET_TABLE.items():
+        runs = [c for name, c in cases.items() if name.endswith(family)]
+        for budget in budgets:  # every measured budget, each answered by the last row at or below it
+            _, solver, options, grid = [r for r in rows if r[0] <= budget][-1]
+            b = str(budget)
+
+            def score(name):
+                vals = []
+                for c in runs:
+                    r = c["rows"].get(name, {}).get(b)
+                    if not r or "transport" not in r or r["nfe"] > budget:
+                        return math.inf
+                    top = min(x[b]["transport"] for k, x in c["rows"].items()
+                              if ":" not in k and "searched" not in k and b in x and "transport" in x[b]
+                              and x[b]["nfe"] <= budget)
+                    vals.append(math.log(r["transport"] / top))
+                return sum(vals) / len(vals)
+
+            fixed = [k for k in runs[0]["rows"] if ":" not in k and "searched" not in k]
+            assert min(fixed, key=score) == names[(solver, str(options), grid)], (family, budget)
+

@@ -163,3 +163,15 @@ def test_a_solver_instance_as_the_model_sampler_from_yaml_python_and_the_cli(tmp
         ScoreModule(MLP([2]), VPSDE(), sampler=DPMSolverPP(order=3), sampler_options={"order": 2})
     with pytest.raises(ValueError, match="unknown solver 'dpm'"):
         ScoreModule(MLP([2]), VPSDE(), sampler="dpm")
+
+
+def test_nfe_budget_picks_the_solver_and_says_which(toy_ckpt, tmp_path, capsys):
+    x = _run(toy_ckpt, tmp_path / "b", "--nfe", "5", "--n", "12")
+    merged = np.load(tmp_path / "b" / "samples.npz")
+    assert x.shape == (12, 2) and (merged["nfe_per_sample"] == 5).all()
+    manifest = json.loads((tmp_path / "b" / "sample_config.json").read_text())
+    assert manifest["solver"] == "unipc" and manifest["nfe_budget"] == 5 and manifest["grid"] == "karras"
+    assert "best at 5 evaluations for VP-type SDEs" in manifest["nfe_choice"]
+    assert "--nfe 5: unipc (order=3) on the karras grid, 5 steps" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="give --nfe or those"):
+        _run(toy_ckpt, tmp_path / "c", "--nfe", "5", "--solver", "ddim")

@@ -73,6 +73,7 @@ GENEROUS = {
     "ipndm-v": ("ipndm", {"variable_step": True}, 20, "karras"),
     "dpm_solver_pp_sde": ("dpm_solver_pp_sde", {}, 100, "log_snr"),
     "dpm_solver_pp_sde-3m": ("dpm_solver_pp_sde", {"order": 3}, 100, "log_snr"),
+    "restart": ("restart", {"S_min": 0.1, "S_max": 1.0}, 30, "karras"),
 }
 # Per-sample Langevin step sizes (r ||z|| / ||s||)² are heavy-tailed in 2-D, where ||s|| is near 0 at the modes;
 # the corrector is meant for high-dimensional data (see docs/solvers.md), so it is checked on the 64-D target only.
@@ -329,7 +330,8 @@ def test_same_seeds_same_samples_and_batch_size_does_not_change_a_sample(config)
     name, opts = FAST[config]
     gm, sde = CASES["img64-vp"]
     f = gm.score_fn(sde)
-    kw = dict(solver=name, steps=6, **opts)
+    kw = dict(solver=name, steps=6, dtype=torch.float64, **opts)  # float64: float32 rounding of the batched score
+    # differs with the batch size, and few-step multistep solvers amplify it (iPNDM at 6 uniform steps: 1.3e-4)
     a = sample(f, sde, (6, 1, 8, 8), seeds=derive_seeds(3, 0, 6), **kw).x
     b = sample(f, sde, (6, 1, 8, 8), seeds=derive_seeds(3, 0, 6), **kw).x
     assert torch.equal(a, b)
@@ -338,7 +340,7 @@ def test_same_seeds_same_samples_and_batch_size_does_not_change_a_sample(config)
         tail = sample(f, sde, (4, 1, 8, 8), seeds=derive_seeds(3, 2, 4), **kw).x
         # An adaptive ODE solve shares its step sequence across the batch, so there a sample is batch-independent
         # only to the solver tolerance.
-        tol = 1e-3 if config == "ode-dopri5" else 1e-5
+        tol = 1e-3 if config == "ode-dopri5" else 1e-10
         assert torch.allclose(torch.cat([head, tail]), a, atol=tol, rtol=tol)
     c = sample(f, sde, (6, 1, 8, 8), seeds=derive_seeds(4, 0, 6), **kw).x
     assert not torch.allclose(a, c)
@@ -375,6 +377,7 @@ def test_ancestral_posterior_equals_ddim_with_eta_one(sde, ring):
         ("dpm_solver_pp", {"order": 2}, lambda n: n),
         ("dpm_solver_pp", {"order": 3}, lambda n: n + 1),  # the 2S start
         ("heun", {}, lambda n: 2 * n - 1),  # the last step is Euler
+        ("restart", {"S_min": 0.1, "S_max": 1.0, "restarts": 2, "restart_steps": 3}, lambda n: 2 * n - 1 + 2 * 3 * 2),
     ],
 )
 def test_nfe_is_counted(name, opts, expected, ring):

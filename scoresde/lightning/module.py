@@ -374,6 +374,11 @@ class ScoreModule(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
+            if options.get("nfe") is not None:  # the budget picks the solver, the grid and the steps
+                return sample(
+                    score_fn, self.sde, (n, *self.data_shape), solver=solver, steps=steps, generator=generator,
+                    device=self.device, progress=progress, **options,
+                )  # fmt: skip
             return sample(
                 score_fn,
                 self.sde,

@@ -21,6 +21,7 @@ from .fast import DPMSolver as DPMSolver
 from .fast import DPMSolverPP as DPMSolverPP
 from .fast import DPMSolverPPSDE as DPMSolverPPSDE
 from .fast import Heun as Heun
+from .fast import Restart as Restart
 from .fast import dpm_solver_fast as dpm_solver_fast
 from .multistep import DEIS as DEIS
 from .multistep import IPNDM as IPNDM

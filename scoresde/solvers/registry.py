@@ -12,7 +12,7 @@ from typing import Any
 
 from .base import Solver
 from .correctors import AnnealedLangevin, Corrector, Langevin, NoPredictor, PredictorCorrector
-from .fast import DDIM, DPMSolver, DPMSolverPP, DPMSolverPPSDE, Heun
+from .fast import DDIM, DPMSolver, DPMSolverPP, DPMSolverPPSDE, Heun, Restart
 from .multistep import DEIS, IPNDM, UniPC
 from .ode import ProbabilityFlow
 from .sde import SRK, Ancestral, EulerMaruyama, Milstein, ReverseDiffusion, ReversibleHeun, TorchSDE
@@ -30,6 +30,7 @@ SOLVERS: dict[str, type[Solver]] = {
     "torchsde": TorchSDE,
     "pc": PredictorCorrector,
     "dpm_solver_pp_sde": DPMSolverPPSDE,
+    "restart": Restart,
     # probability-flow ODE
     "ode": ProbabilityFlow,
     "ddim": DDIM,

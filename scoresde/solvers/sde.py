@@ -18,7 +18,15 @@ from .._typing import NoiseFn, ScoreFn
 from ..sde import SDE
 from .base import IntegratorSolver, Solver, State, Step, diffusion_at, eps_and_x0, tvec
 
-__all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "TorchSDE", "SRK", "Milstein", "ReversibleHeun"]
+__all__ = [
+    "EulerMaruyama",
+    "ReverseDiffusion",
+    "Ancestral",
+    "TorchSDE",
+    "SRK",
+    "Milstein",
+    "ReversibleHeun",
+]
 
 
 @dataclass

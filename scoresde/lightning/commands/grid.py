@@ -38,7 +38,7 @@ class GridConfig:
     options: dict[str, Any] = option({}, "solver options, e.g. '{order: 3}'; or pass --order 3")
     steps: int = option(help="the grid's number of steps (the solver's budget: steps × its evaluations per step)")
     method: str = option("endpoint", "endpoint (solver-aware search from the best start) or gits")
-    n: int = option(256, "calibration batch size")
+    n: int = option(1024, "calibration batch size (half searched, half held out)")
     seed: int = option(12345, "seed of the calibration batch")
     fine: int = option(100, "steps of the fine candidate grid of GITS")
     sweeps: int = option(8, "coordinate sweeps of the endpoint search")

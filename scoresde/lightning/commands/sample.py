@@ -26,6 +26,7 @@ adds classifier guidance of scale ``--classifier-scale``; ``--threshold static|d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from ..._utils import save_npz
 from ...guidance import classifier_guidance, threshold
 from ...noise import derive_seeds
 from ...solvers import DISCRETE_GRIDS, SOLVERS, TIME_GRIDS, Solver, get_solver
+from ...solvers.budget import choose_for_budget
 from ...solvers.grids import is_grid_file, resolve_grid
 from ..classifier import ClassifierModule
 from ..module import ScoreModule
@@ -74,10 +76,13 @@ class SampleConfig(DeviceOptions):
     model_config: str | None = option(None, MODEL_CONFIG_HELP, "--model-config")
     solver: str | None = option(None, f"one of: {', '.join(sorted(SOLVERS))} (default: the model's)")
     steps: int | None = option(None, "solver steps (default: the model's sample_steps)")
-    grid: str = option(
-        "uniform",
+    nfe: int | None = option(
+        None, "a budget of score evaluations: picks the solver, grid and steps the solver benchmark found best"
+    )
+    grid: str | None = option(
+        None,
         f"time grid: {', '.join([*TIME_GRIDS, *DISCRETE_GRIDS])} (the last three: discrete schedules), or a grid "
-        "file (*.json) from `scoresde grid`",
+        "file (*.json) from `scoresde grid` (default: uniform)",
     )
     options: dict[str, Any] = option({}, "solver options, e.g. '{eta: 0.5}'; or pass --eta 0.5 (or --solver.eta 0.5)")
     n: int = option(64, "number of samples")
@@ -184,7 +189,7 @@ class SamplingTask(ShardTask):
             solver=self.solver,
             steps=self.cfg.steps,
             seeds=derive_seeds(self.cfg.seed, start, count, device=self.device),
-            grid=self.cfg.grid,
+            grid=self.cfg.grid or "uniform",
             denoise=self.cfg.denoise,
             t_end=self.cfg.t_end,
             labels=labels if conditional else None,
@@ -214,11 +219,22 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
         raise ValueError(f"--steps must be a positive integer, got {cfg.steps}")
     spec = CheckpointSpec.parse(cfg.ckpt)
     model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config)
+    choice = None
+    if cfg.nfe is not None:
+        if cfg.solver is not None or cfg.steps is not None or cfg.grid is not None or cfg.options:
+            raise ValueError("--nfe picks the solver, its options, the grid and the steps: give --nfe or those")
+        choice = choose_for_budget(cfg.nfe, model.sde)
+        cfg = dataclasses.replace(
+            cfg, nfe=None, solver=choice.solver, options=dict(choice.options), steps=choice.steps, grid=choice.grid
+        )
+        print(f"--nfe {choice.nfe}: {choice.describe()}")
     solver, default_options = model.default_solver() if cfg.solver is None else (cfg.solver, {})
     options = {**default_options, **cfg.options}
     built = get_solver(solver, **options)  # fail on a bad name or option before any work
     built.check_size(math.prod(model.data_shape or (1,)))  # and on a solver unsafe for data this small
-    grid_times = resolve_grid(cfg.grid, model.sde, cfg.t_end, cfg.steps) if is_grid_file(cfg.grid) else None
+    grid_times = (
+        resolve_grid(cfg.grid or "uniform", model.sde, cfg.t_end, cfg.steps) if is_grid_file(cfg.grid or "") else None
+    )
     classifier = load_classifier(cfg.classifier) if cfg.classifier else None
     num_classes = model.num_classes if classifier is None else _classifier_classes(classifier, model)
     classes = parse_classes(cfg.classes, num_classes)
@@ -242,6 +258,7 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
         ckpt=str(spec.path.resolve()),
         ckpt_sha256=spec.digest(),
         **({} if grid_times is None else {"grid_times": grid_times.tolist()}),
+        **({} if choice is None else {"nfe_budget": choice.nfe, "nfe_choice": choice.describe()}),
     )
     task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
     merged = run_resumable(cfg, task, out / "sample_config.json", record, "samples drawn", precision=cfg.precision)
@@ -254,8 +271,8 @@ def _merge(model: ScoreModule, cfg: SampleConfig, solver: object, out: Path, mer
     extra = {} if labels is None else {"labels": labels}
     save_npz(final, {"samples": samples, "nfe_per_sample": nfe, **extra})  # (N, *D), (N,), (N,)
     steps = model.hparams["sample_steps"] if cfg.steps is None else cfg.steps
-    if is_grid_file(cfg.grid):
-        steps = len(resolve_grid(cfg.grid, model.sde, cfg.t_end, cfg.steps)) - 1
+    if is_grid_file(cfg.grid or ""):
+        steps = len(resolve_grid(cfg.grid or "uniform", model.sde, cfg.t_end, cfg.steps)) - 1
     title = f"{len(samples)} samples of {CheckpointSpec.parse(cfg.ckpt).path.name}: {solver}, {steps} steps, {nfe.mean():.0f} NFE"
     plotting.samples_picture(samples, model.transform, out / "samples.png", labels=labels, title=title)
     print(
