@@ -374,21 +374,19 @@ class ScoreModule(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            if options.get("nfe") is not None:  # the budget picks the solver, the grid and the steps
-                return sample(
-                    score_fn, self.sde, (n, *self.data_shape), solver=solver, steps=steps, generator=generator,
-                    device=self.device, progress=progress, **options,
-                )  # fmt: skip
+            # the model's sampler unless one is given, or a budget (nfe) picks the solver, grid and steps
+            model_default = solver is None and options.get("nfe") is None
+            default, defaults = self.default_solver() if model_default else (solver, {})
             return sample(
                 score_fn,
                 self.sde,
                 (n, *self.data_shape),
-                solver=self.default_solver()[0] if solver is None else solver,
-                steps=self._steps(steps, options.get("grid")),
+                solver=default,
+                steps=self._steps(steps, options.get("grid")) if options.get("nfe") is None else steps,
                 generator=generator,
                 device=self.device,
                 progress=progress,
-                **{**(self.default_solver()[1] if solver is None else {}), **options},
+                **{**defaults, **options},
             )
         finally:
             self.train(was_training)

@@ -39,6 +39,7 @@ __all__ = [
     "diffusion_at",
     "tvec",
     "eps_and_x0",
+    "multistep_order",
 ]
 
 
@@ -137,6 +138,15 @@ def eps_and_x0(score_fn: ScoreFn, x: Tensor, c: Coefficients) -> tuple[Tensor, T
     """Noise and data predictions from one score evaluation: ``eps = -sigma s``, ``x0 = (x - sigma eps) / alpha``."""
     eps = -c.sigma * score_fn(x, tvec(x, c.t))
     return eps, (x - c.sigma * eps) / c.alpha
+
+
+def multistep_order(order: int, known: int, ctx: Step, lower_order_final: bool, short: int | None) -> int:
+    """The order of this step: at most the outputs known (warm-up), and with ``lower_order_final`` at most the steps
+    left on runs shorter than ``short`` steps (every run when ``short`` is ``None``)."""
+    k = min(order, known)
+    if lower_order_final and (short is None or ctx.count < short):
+        k = min(k, ctx.remaining)
+    return k
 
 
 def grid_steps(sde: SDE, timesteps: Tensor, noise: NoiseFn) -> Iterator[Step]:

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from .._typing import ScoreFn
 from ..sde import SDE
-from .base import Coefficients, Solver, State, Step, eps_and_x0
+from .base import Coefficients, Solver, State, Step, eps_and_x0, multistep_order
+from .timesteps import karras_levels
 
 __all__ = ["DDIM", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE", "Heun", "Restart", "dpm_solver_fast"]
 
@@ -191,9 +192,7 @@ class DPMSolverPP(Solver):
         x = state.x
         m0 = eps_and_x0(score_fn, x, ct)[1]
         history = ((ct.lam, m0), *state.history)[: self.order]
-        k = min(self.order, len(history))
-        if self.lower_order_final and ctx.count < 15:
-            k = min(k, ctx.remaining)
+        k = multistep_order(self.order, len(history), ctx, self.lower_order_final, 15)
         h = cn.lam - ct.lam
         phi_1 = math.expm1(-h)
         if k == 1 and self.order == 3 and self.start == "2s" and ctx.remaining >= 3:
@@ -402,7 +401,10 @@ class Restart(Solver):
         if not (s_t > self.S_min >= s_next) or self.restarts == 0:
             return out
         x_hat = out.x / ctx.next.alpha
-        sub = [Coefficients.at_log_snr(sde, -math.log(s)) for s in self._karras(s_next)]
+        sub = [
+            Coefficients.at_log_snr(sde, -math.log(s))
+            for s in karras_levels(self.S_max, s_next, self.restart_steps).tolist()
+        ]
         for _ in range(self.restarts):
             x_hat = x_hat + math.sqrt(self.S_max**2 - s_next**2) * ctx.noise(x_hat)
             x = sub[0].alpha * x_hat
@@ -411,9 +413,3 @@ class Restart(Solver):
                 x = Heun().step(score_fn, sde, State(x), inner).x
             x_hat = x / sub[-1].alpha
         return State(ctx.next.alpha * x_hat, denoised=out.denoised)
-
-    def _karras(self, s_end: float, rho: float = 7.0) -> list[float]:
-        """``restart_steps + 1`` Karras noise levels from ``S_max`` down to ``s_end``."""
-        n = self.restart_steps
-        a, b = self.S_max ** (1 / rho), s_end ** (1 / rho)
-        return [(a + i / n * (b - a)) ** rho for i in range(n + 1)]

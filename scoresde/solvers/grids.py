@@ -65,6 +65,17 @@ class GridSearch:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class _Counted:
+    """``score_fn`` with its calls counted (from ``nfe``) and ``t`` cast to ``x``'s dtype."""
+
+    def __init__(self, score_fn: ScoreFn, nfe: int = 0) -> None:
+        self.score_fn, self.nfe = score_fn, nfe
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.score_fn(x, t.to(x.dtype))
+
+
 def gits_grid(
     score_fn: ScoreFn,
     sde: SDE,
@@ -93,12 +104,7 @@ def gits_grid(
         raise ValueError(f"the grid search needs 1 <= steps <= fine = {fine}, got steps={steps!r}")
     t_end = sde.sampling_eps if t_end is None else float(t_end)
     ts = get_timesteps(fine_grid, sde, t_end, fine)
-    calls = [0]
-
-    def counted(x: Tensor, t: Tensor) -> Tensor:
-        calls[0] += 1
-        return score_fn(x, t.to(x.dtype))
-
+    counted = _Counted(score_fn)
     with torch.no_grad():
         teacher = ProbabilityFlow(rtol=rtol, atol=atol)
         xs = teacher.integrate(counted, sde, x_T, ts, PerSampleNoise(derive_seeds(0, 0, len(x_T))), every_step=True)
@@ -122,7 +128,7 @@ def gits_grid(
         "atol": atol,
         "step_cost": "ddim",
     }
-    return GridSearch(ts[path].clone(), cost, calls[0], info)
+    return GridSearch(ts[path].clone(), cost, counted.nfe, info)
 
 
 def optimise_grid(
@@ -158,12 +164,7 @@ def optimise_grid(
         raise ValueError(f"the grid search needs a deterministic solver, got {solver.name} (stochastic)")
     start = gits_grid(score_fn, sde, x_T, steps, t_end=t_end, fine=fine, rtol=rtol, atol=atol)
     t_end = float(start.times[-1])
-    calls = [start.nfe]
-
-    def counted(x: Tensor, t: Tensor) -> Tensor:
-        calls[0] += 1
-        return score_fn(x, t.to(x.dtype))
-
+    counted = _Counted(score_fn, start.nfe)
     noise = PerSampleNoise(derive_seeds(0, 0, len(x_T)))  # unused by deterministic solvers; the contract wants one
 
     def _times(lam: Tensor) -> Tensor:
@@ -225,7 +226,7 @@ def optimise_grid(
         "endpoint_mse": best,
         "held_out_mse": held_out,
     }
-    return GridSearch(times, held_out, calls[0], info)
+    return GridSearch(times, held_out, counted.nfe, info)
 
 
 def _shortest_path(C: np.ndarray, steps: int) -> tuple[list[int], float]:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .._typing import ScoreFn
 from ..sde import SDE
-from .base import Coefficients, Solver, State, Step, eps_and_x0
+from .base import Coefficients, Solver, State, Step, eps_and_x0, multistep_order
 
 __all__ = ["UniPC", "DEIS", "IPNDM", "lagrange_weights", "exp_moments"]
 
@@ -52,15 +52,6 @@ def exp_moments(h: float, k: int) -> list[float]:
     for i in range(1, k):
         out.append((i * out[-1] - math.exp(-h)) / h)
     return out
-
-
-def _step_order(order: int, known: int, ctx: Step, lower_order_final: bool, short: int | None) -> int:
-    """The order of this step: at most the outputs known (warm-up), and with ``lower_order_final`` at most the steps
-    left on runs shorter than ``short`` steps (every run when ``short`` is ``None``)."""
-    k = min(order, known)
-    if lower_order_final and (short is None or ctx.count < short):
-        k = min(k, ctx.remaining)
-    return k
 
 
 @dataclass(frozen=True)
@@ -131,7 +122,7 @@ class UniPC(Solver):
                 x = self._update(memory.x, memory.start, ct, memory.points, memory.order, m)
             points = memory.points
         points = ((ct, m), *points)[: self.order]
-        k = _step_order(self.order, len(points), ctx, self.lower_order_final, None)
+        k = multistep_order(self.order, len(points), ctx, self.lower_order_final, None)
         x_next = self._update(x, ct, cn, points, k, None)
         return State(x_next, history=(_UniPCMemory(x, ct, k, points),), denoised=x0)
 
@@ -209,7 +200,7 @@ class DEIS(Solver):
         ct, cn = ctx.now, ctx.next
         eps, x0 = eps_and_x0(score_fn, state.x, ct)
         points: tuple[Point, ...] = ((ct, eps), *state.history)[: self.order]
-        k = _step_order(self.order, len(points), ctx, self.lower_order_final, 15)
+        k = multistep_order(self.order, len(points), ctx, self.lower_order_final, 15)
         h = cn.lam - ct.lam
         w = lagrange_weights([(c.lam - ct.lam) / h for c, _ in points[:k]], exp_moments(h, k))
         x_next = (cn.alpha / ct.alpha) * state.x

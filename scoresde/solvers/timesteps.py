@@ -20,6 +20,7 @@ __all__ = [
     "quadratic",
     "log_snr",
     "karras",
+    "karras_levels",
     "leading",
     "trailing",
     "linspace",
@@ -51,12 +52,17 @@ def log_snr(sde: SDE, t_end: float, steps: int) -> Tensor:
     return _pin_ends(sde.t_from_log_snr(lam), sde.T, t_end)
 
 
-def karras(sde: SDE, t_end: float, steps: int, rho: float = 7.0) -> Tensor:
-    """EDM's grid (Karras et al., 2022, eq. 5) in ``sigma/alpha = e^{-lambda}``:
-    ``s_i = (s_max^{1/rho} + i/N (s_min^{1/rho} - s_max^{1/rho}))^rho``, ``rho = 7``; ends at ``t_end`` (not 0)."""
-    s_max, s_min = (math.exp(-lam) for lam in _log_snr_ends(sde, t_end))
+def karras_levels(s_max: float, s_min: float, steps: int, rho: float = 7.0) -> Tensor:
+    """EDM's noise levels (Karras et al., 2022, eq. 5): ``s_i = (s_max^{1/rho} + i/N (s_min^{1/rho} - s_max^{1/rho}))^rho``,
+    ``i = 0 … N``, float64 ``(steps + 1,)``."""
     i = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    s = (s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return (s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+
+
+def karras(sde: SDE, t_end: float, steps: int, rho: float = 7.0) -> Tensor:
+    """EDM's grid (:func:`karras_levels`, ``rho = 7``) in ``sigma/alpha = e^{-lambda}``; ends at ``t_end`` (not 0)."""
+    s_max, s_min = (math.exp(-lam) for lam in _log_snr_ends(sde, t_end))
+    s = karras_levels(s_max, s_min, steps, rho)
     return _pin_ends(sde.t_from_log_snr(-torch.log(s)), sde.T, t_end)
 
 

@@ -262,17 +262,17 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     )
     task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
     merged = run_resumable(cfg, task, out / "sample_config.json", record, "samples drawn", precision=cfg.precision)
-    return None if merged is None else _merge(model, cfg, solver, out, merged)
+    steps = len(grid_times) - 1 if grid_times is not None else cfg.steps or int(model.hparams["sample_steps"])
+    return None if merged is None else _merge(model, cfg, solver, steps, out, merged)
 
 
-def _merge(model: ScoreModule, cfg: SampleConfig, solver: object, out: Path, merged: dict[str, np.ndarray]) -> Path:
+def _merge(
+    model: ScoreModule, cfg: SampleConfig, solver: object, steps: int, out: Path, merged: dict[str, np.ndarray]
+) -> Path:
     samples, nfe, labels = merged["samples"], merged["nfe"], merged.get("labels")
     final = out / "samples.npz"
     extra = {} if labels is None else {"labels": labels}
     save_npz(final, {"samples": samples, "nfe_per_sample": nfe, **extra})  # (N, *D), (N,), (N,)
-    steps = model.hparams["sample_steps"] if cfg.steps is None else cfg.steps
-    if is_grid_file(cfg.grid or ""):
-        steps = len(resolve_grid(cfg.grid or "uniform", model.sde, cfg.t_end, cfg.steps)) - 1
     title = f"{len(samples)} samples of {CheckpointSpec.parse(cfg.ckpt).path.name}: {solver}, {steps} steps, {nfe.mean():.0f} NFE"
     plotting.samples_picture(samples, model.transform, out / "samples.png", labels=labels, title=title)
     print(
