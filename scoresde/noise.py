@@ -15,7 +15,9 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["PerSampleNoise", "derive_seeds", "index_seeds", "splitmix64"]
+from ._typing import NoiseFn
+
+__all__ = ["PerSampleNoise", "PerSampleBrownian", "derive_seeds", "index_seeds", "splitmix64", "keys_from_noise"]
 
 
 def _signed(c: int) -> int:
@@ -90,11 +92,78 @@ class PerSampleNoise:
             raise ValueError(f"this noise source has {self.keys.shape[0]} per-sample streams but x has batch size {B}")
         n = x[0].numel()
         bits = self._words((n + 1) // 2, x.device)  # (B, words): each 64-bit word gives two normals
-        # Box–Muller on the two 32-bit halves: u1 ∈ (0, 1] avoids log(0), u2 ∈ [0, 1). The radius is computed in
-        # float64 (its tail comes from tiny u1); the angle needs no more than the output precision.
-        trig = torch.float64 if x.dtype == torch.float64 else torch.float32
-        u1 = (_shr(bits, 32).double() + 1.0) * 2.0**-32
-        theta = (bits & 0xFFFFFFFF).to(trig) * (2 * math.pi * 2.0**-32)
-        r = torch.sqrt(-2.0 * torch.log(u1)).to(trig)
-        z = torch.cat([r * torch.cos(theta), r * torch.sin(theta)], dim=1)[:, :n]
-        return z.to(x.dtype).reshape(x.shape)
+        return _box_muller(bits, n, x.dtype).reshape(x.shape)
+
+
+def _box_muller(bits: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """``n`` standard normals per row from ``bits: (B, ceil(n / 2))`` int64 words (two per word): ``(B, n)``.
+
+    Box–Muller on the two 32-bit halves: u1 ∈ (0, 1] avoids log(0), u2 ∈ [0, 1). The radius is computed in float64
+    (its tail comes from tiny u1); the angle needs no more than the output precision.
+    """
+    trig = torch.float64 if dtype == torch.float64 else torch.float32
+    u1 = (_shr(bits, 32).double() + 1.0) * 2.0**-32
+    theta = (bits & 0xFFFFFFFF).to(trig) * (2 * math.pi * 2.0**-32)
+    r = torch.sqrt(-2.0 * torch.log(u1)).to(trig)
+    return torch.cat([r * torch.cos(theta), r * torch.sin(theta)], dim=1)[:, :n].to(dtype)
+
+
+def keys_from_noise(noise: NoiseFn, batch: int, device: torch.device) -> Tensor:
+    """One 64-bit key per sample drawn through a noise hook (two float64 normals, their bits hashed): ``(B,)`` int64.
+
+    Solvers that need more than a stream of normals (a Brownian path queried at arbitrary times) derive their own
+    counter-based generator from it, so each sample's randomness still comes from its own stream.
+    """
+    bits = noise(torch.empty(batch, 2, dtype=torch.float64, device=device)).view(torch.int64)
+    return splitmix64(bits[:, 0] ^ splitmix64(bits[:, 1] + _GOLDEN))
+
+
+class PerSampleBrownian:
+    """One Brownian motion ``W_i(s)``, ``s ∈ [0, span]``, per sample, queried at any per-sample times in any order.
+
+    A virtual Brownian tree (Li et al., 2020; torchsde's ``BrownianTree``) with a counter-based generator keyed per
+    sample: ``W(span) = sqrt(span) z_0`` and the midpoint of the dyadic interval with heap index ``k`` is the Brownian
+    bridge ``(W(a) + W(b)) / 2 + sqrt((b - a) / 4) z_k``, where ``z_k`` is a fixed hash of ``(key_i, k)``. A query
+    descends the tree to intervals of width at most ``tol`` and interpolates linearly there, so any set of queries
+    sees one consistent path: an adaptive solver that rejects a step and retries a shorter one gets the bridge value
+    given what it has already seen, not fresh noise (which biases the variance). Each query costs ``depth =
+    ceil(log2(span / tol))`` normals per element.
+
+    Args:
+        keys: ``(B,)`` int64 keys, one per sample (:func:`keys_from_noise`).
+        span: length of the time interval.
+        numel: elements per sample.
+        tol: width of the finest intervals (the variance of an increment is exact to ``tol / 4``).
+    """
+
+    def __init__(self, keys: Tensor, span: float, numel: int, tol: float = 1e-6) -> None:
+        if not span > 0 or not tol > 0:
+            raise ValueError(f"span and tol must be positive, got span={span}, tol={tol}")
+        self.keys, self.span, self.numel = keys, float(span), int(numel)
+        self.depth = max(1, math.ceil(math.log2(self.span / tol)))
+        self.words = (self.numel + 1) // 2
+
+    def _normals(self, rows: Tensor, node: Tensor) -> Tensor:
+        """The normals ``z_node`` of samples ``rows``: ``(R, numel)`` float64."""
+        k = torch.arange(1, self.words + 1, dtype=torch.int64, device=node.device)
+        counter = node[:, None] * self.words + k[None, :]
+        return _box_muller(splitmix64(self.keys[rows][:, None] + counter * _GOLDEN), self.numel, torch.float64)
+
+    def __call__(self, s: Tensor, rows: Tensor) -> Tensor:
+        """``W_i(s_i)`` for the samples ``rows: (R,)`` at times ``s: (R,)`` in ``[0, span]``: ``(R, numel)`` float64."""
+        s = s.to(torch.float64).clamp(0.0, self.span)
+        a = torch.zeros_like(s)
+        b = torch.full_like(s, self.span)
+        node = torch.zeros_like(rows, dtype=torch.int64)
+        w_a = torch.zeros(len(rows), self.numel, dtype=torch.float64, device=s.device)
+        w_b = math.sqrt(self.span) * self._normals(rows, node)
+        node = node + 1
+        for _ in range(self.depth):
+            m = (a + b) / 2
+            w_m = (w_a + w_b) / 2 + ((b - a) / 4).sqrt()[:, None] * self._normals(rows, node)
+            left = s < m
+            b, a = torch.where(left, m, b), torch.where(left, a, m)
+            w_b, w_a = torch.where(left[:, None], w_m, w_b), torch.where(left[:, None], w_a, w_m)
+            node = 2 * node + (~left).long()
+        frac = ((s - a) / (b - a))[:, None]
+        return w_a + frac * (w_b - w_a)

@@ -195,6 +195,30 @@ def test_dpm_solver_fast_equals_k_diffusion_dpm_fast(nfe):
     assert _rel(ours.x, theirs) < 1e-10
 
 
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(sigma_max=5.0)], ids=["vp", "ve"])
+def test_er_sde_members_are_ddim_and_ancestral(sde):
+    """ER-SDE's noise-scale function spans the family: phi(s) = s at order 1 is DDIM (the probability-flow ODE's
+    first-order exponential integrator) and phi(s) = s² is ancestral sampling from the exact Gaussian posterior,
+    step for step with the same noise."""
+    f, kw = RING.score_fn(sde), dict(steps=12, grid="log_snr", seeds=derive_seeds(0, 0, 64), dtype=torch.float64)
+    ode = sample(f, sde, (64, 2), solver="er_sde", order=1, noise_scale="ode", **kw).x
+    assert _rel(ode, sample(f, sde, (64, 2), solver="ddim", **kw).x) < 1e-12
+    sde_member = sample(f, sde, (64, 2), solver="er_sde", order=1, noise_scale="sde", **kw).x
+    assert _rel(sde_member, sample(f, sde, (64, 2), solver="ancestral", **kw).x) < 1e-12
+
+
+def test_er_sde_weights_are_the_exact_integrals():
+    """The quadrature weights ``phi_t ∫_s^t P_k d(1/phi)`` against their closed forms for ``phi(u) = u²``, where by
+    parts ``∫_s^t P d(1/phi) = [P/phi]_s^t - ∫_s^t P'/u² du``."""
+    s, t, n1 = 2.0, 0.5, 3.0
+    w = solvers.ERSDE(noise_scale="sde")._weights(s, t, [s, n1, 4.0])
+    assert w[0] == pytest.approx(1 - t**2 / s**2, rel=1e-14)
+    assert w[1] == pytest.approx((t - s) - t**2 * (1 / s - 1 / t), rel=1e-12)
+    # ∫_s^t (2u - s - n1)/u² du = 2 log(t/s) + (s + n1)(1/t - 1/s)
+    closed = (t - s) * (t - n1) - t**2 * (2 * math.log(t / s) + (s + n1) * (1 / t - 1 / s))
+    assert w[2] == pytest.approx(closed, rel=1e-12)
+
+
 def test_dpm_solver_orders_must_match_the_grid():
     with pytest.raises(ValueError, match="orders has 2 entries but the grid has 5 steps"):
         sample(RING.score_fn(VPSDE()), VPSDE(), (4, 2), solver="dpm_solver", orders=(3, 2), steps=5)
@@ -228,6 +252,8 @@ ORDERS = {
     "ipndm-v": ("ipndm", {"variable_step": True}, "karras", (3.7, 2.5)),
     "dpm_solver_pp_sde-eta0": ("dpm_solver_pp_sde", {"eta": 0.0}, "log_snr", (2.0, 2.0)),
     "dpm_solver_pp-3m-first_order": ("dpm_solver_pp", {"order": 3, "start": "first_order"}, "log_snr", (2.9, 2.3)),
+    "er_sde-2-ode": ("er_sde", {"order": 2, "noise_scale": "ode"}, "log_snr", (1.9, 1.9)),
+    "er_sde-3-ode": ("er_sde", {"noise_scale": "ode"}, "log_snr", (2.8, 2.6)),
 }
 ORDER_SDES = {"vp": VPSDE(), "ve": VESDE(sigma_max=5.0)}
 

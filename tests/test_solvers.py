@@ -74,6 +74,9 @@ GENEROUS = {
     "dpm_solver_pp_sde": ("dpm_solver_pp_sde", {}, 100, "log_snr"),
     "dpm_solver_pp_sde-3m": ("dpm_solver_pp_sde", {"order": 3}, 100, "log_snr"),
     "restart": ("restart", {"S_min": 0.1, "S_max": 1.0}, 30, "karras"),
+    "adaptive_sde": ("adaptive_sde", {"rtol": 0.05, "atol": 0.008}, 1, "uniform"),
+    "er_sde": ("er_sde", {}, 30, "log_snr"),
+    "er_sde-sde": ("er_sde", {"noise_scale": "sde", "order": 2}, 30, "log_snr"),
 }
 # Per-sample Langevin step sizes (r ||z|| / ||s||)² are heavy-tailed in 2-D, where ||s|| is near 0 at the modes;
 # the corrector is meant for high-dimensional data (see docs/solvers.md), so it is checked on the 64-D target only.
@@ -128,7 +131,7 @@ def test_adaptive_ode_error_shrinks_with_tolerance():
     assert res[0].nfe < res[1].nfe and fd[0] > 3 * fd[1], (fd, [r.nfe for r in res])
 
 
-@pytest.mark.parametrize("config", [c for c in GENEROUS if c != "ode-dopri5"])
+@pytest.mark.parametrize("config", [c for c in GENEROUS if c not in ("ode-dopri5", "adaptive_sde")])
 def test_sample_error_shrinks_as_steps_grow(config):
     """With a twentieth of the generous steps the Fréchet distance (20,000 samples, same seeds) is well above the
     generous setting's."""
@@ -424,6 +427,10 @@ def test_time_grids(sde):
         ("pc", {"corrector_options": {"n_steps": 0}}, "n_steps must be a positive integer"),
         ("pc", {"predictor": "ode"}, "integrates on its own and cannot be stepped"),
         ("pc", {"predictor": "nope"}, "unknown solver 'nope'"),
+        ("adaptive_sde", {"rtol": 0.0}, "adaptive_sde rtol must be positive"),
+        ("adaptive_sde", {"theta": 1.5}, "theta < 1"),
+        ("er_sde", {"order": 4}, "er_sde order must be 1, 2 or 3"),
+        ("er_sde", {"noise_scale": "vp"}, "er_sde noise_scale must be one of er, sde, ode"),
     ],
 )
 def test_bad_options_are_explained(name, opts, match):

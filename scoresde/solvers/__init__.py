@@ -17,6 +17,7 @@ from .correctors import Langevin as Langevin
 from .correctors import NoPredictor as NoPredictor
 from .correctors import PredictorCorrector as PredictorCorrector
 from .fast import DDIM as DDIM
+from .fast import ERSDE as ERSDE
 from .fast import DPMSolver as DPMSolver
 from .fast import DPMSolverPP as DPMSolverPP
 from .fast import DPMSolverPPSDE as DPMSolverPPSDE
@@ -34,6 +35,7 @@ from .registry import get_corrector as get_corrector
 from .registry import get_solver as get_solver
 from .registry import register_solver as register_solver
 from .sde import SRK as SRK
+from .sde import AdaptiveReverseSDE as AdaptiveReverseSDE
 from .sde import Ancestral as Ancestral
 from .sde import EulerMaruyama as EulerMaruyama
 from .sde import Milstein as Milstein

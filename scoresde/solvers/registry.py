@@ -12,10 +12,10 @@ from typing import Any
 
 from .base import Solver
 from .correctors import AnnealedLangevin, Corrector, Langevin, NoPredictor, PredictorCorrector
-from .fast import DDIM, DPMSolver, DPMSolverPP, DPMSolverPPSDE, Heun, Restart
+from .fast import DDIM, ERSDE, DPMSolver, DPMSolverPP, DPMSolverPPSDE, Heun, Restart
 from .multistep import DEIS, IPNDM, UniPC
 from .ode import ProbabilityFlow
-from .sde import SRK, Ancestral, EulerMaruyama, Milstein, ReverseDiffusion, ReversibleHeun, TorchSDE
+from .sde import SRK, AdaptiveReverseSDE, Ancestral, EulerMaruyama, Milstein, ReverseDiffusion, ReversibleHeun, TorchSDE
 
 __all__ = ["SOLVERS", "CORRECTORS", "SolverSpec", "register_solver", "get_solver", "get_corrector"]
 
@@ -31,6 +31,8 @@ SOLVERS: dict[str, type[Solver]] = {
     "pc": PredictorCorrector,
     "dpm_solver_pp_sde": DPMSolverPPSDE,
     "restart": Restart,
+    "adaptive_sde": AdaptiveReverseSDE,
+    "er_sde": ERSDE,
     # probability-flow ODE
     "ode": ProbabilityFlow,
     "ddim": DDIM,

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .._typing import NoiseFn, ScoreFn
+from ..noise import PerSampleBrownian, keys_from_noise
 from ..sde import SDE
 from .base import IntegratorSolver, Solver, State, Step, diffusion_at, eps_and_x0, tvec
 
@@ -26,6 +27,7 @@ __all__ = [
     "SRK",
     "Milstein",
     "ReversibleHeun",
+    "AdaptiveReverseSDE",
 ]
 
 
@@ -233,3 +235,116 @@ class ReversibleHeun(TorchSDE):
 
     method: str = "reversible_heun"
     strong_order = 1.0
+
+
+def _round_mantissa(h: Tensor, bits: int = 24) -> Tensor:
+    """``h`` rounded to ``bits`` significant bits. Vectorised and scalar ``pow``/``exp`` differ in the last bit, so a
+    step size computed in a batch and alone could differ by an ulp, and near ``t_end`` the step-size recursion
+    amplifies that to ~1e-6 in the sample; rounding makes each sample's steps (almost surely) batch-independent."""
+    m, e = torch.frexp(h)
+    return torch.ldexp(torch.round(torch.ldexp(m, torch.tensor(bits))), e - bits)
+
+
+@dataclass
+class AdaptiveReverseSDE(IntegratorSolver):
+    """The reverse SDE with a tolerance instead of a step count: "Gotta Go Fast" (Jolicoeur-Martineau et al., 2021,
+    Algorithm 1), with a step size per sample.
+
+    Each attempt from ``t`` to ``t - h`` takes an Euler–Maruyama step ``x' = x - h b(x, t) + g(t) ΔW`` and the
+    improved-Euler step ``x'' = ½ [x' + x - h b(x', t - h) + g(t - h) ΔW]`` with the same Brownian increment, where
+    ``b = f - g² s`` is the reverse drift (2 score evaluations). The error ``E = RMS((x' - x'') / δ)`` with
+    ``δ = max(atol, rtol · max(|x'|, |x'_prev|))`` (eq. 8) decides: ``E ≤ 1`` accepts ``x''`` (extrapolation), and in
+    either case ``h ← θ h E^{-r}``. Samples step on their own: each has its own ``t`` and ``h``, finished samples
+    leave the batch, and the score is called on the samples still running.
+
+    Unlike the paper, which draws fresh noise after a rejection (measured here: 1.14–1.46× the standard deviation
+    of N(0, I) data at loose tolerances), the increments come from one Brownian path per sample
+    (:class:`~scoresde.noise.PerSampleBrownian`), so a retried shorter step sees the bridge value and the path stays
+    a Brownian motion. The last step is stochastic like the torchsde solvers (``denoise=True`` for a Tweedie finish);
+    ``steps`` and the grid are ignored except for the times asked for (which every sample steps onto exactly).
+
+    Args:
+        rtol, atol: relative and absolute tolerances (the paper's ε_rel, ε_abs for data in [-1, 1]).
+        h_init: first step size, as a fraction of the time span.
+        theta, r: safety factor and exponent of the step-size update.
+        brownian_tol: resolution of the Brownian path (see :class:`~scoresde.noise.PerSampleBrownian`).
+        max_attempts: attempts per sample before giving up with an error.
+    """
+
+    rtol: float = 0.05
+    atol: float = 0.0078
+    h_init: float = 0.01
+    theta: float = 0.9
+    r: float = 0.9
+    brownian_tol: float = 1e-7
+    max_attempts: int = 100_000
+
+    stochastic = True
+    convergence_order = float("nan")
+    evaluations_per_step = float("nan")
+
+    def __post_init__(self) -> None:
+        for name in ("rtol", "atol", "h_init", "theta", "r", "brownian_tol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"adaptive_sde {name} must be positive, got {getattr(self, name)}")
+        if self.theta >= 1 or self.h_init > 1:
+            raise ValueError(
+                f"adaptive_sde needs theta < 1 and h_init <= 1, got theta={self.theta}, h_init={self.h_init}"
+            )
+
+    @property
+    def name(self) -> str:
+        return "adaptive_sde"
+
+    def integrate(
+        self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn, every_step: bool
+    ) -> Tensor:
+        grid = timesteps.to(dtype=torch.float64, device=x.device)
+        targets = grid if every_step else grid[[0, -1]]
+        t0, span = float(grid[0]), float(grid[0] - grid[-1])
+        B, shape = x.shape[0], (-1, *[1] * (x.ndim - 1))
+        brownian = PerSampleBrownian(keys_from_noise(noise, B, x.device), span, x[0].numel(), self.brownian_tol)
+
+        def reverse_drift(y: Tensor, t: Tensor) -> Tensor:
+            return sde.drift(y, t) - (sde.diffusion(t) ** 2).to(y.dtype).view(shape) * score_fn(y, t)
+
+        t = torch.full((B,), t0, dtype=torch.float64, device=x.device)
+        h = torch.full_like(t, self.h_init * span)
+        w = torch.zeros(B, x[0].numel(), dtype=torch.float64, device=x.device)  # W at s = t0 - t
+        goal = torch.ones(B, dtype=torch.long, device=x.device)  # index of the next time in targets
+        x, x_prev = x.clone(), x.clone()
+        out = [x.clone()] + [torch.empty_like(x) for _ in targets[1:]]
+        for _ in range(self.max_attempts):
+            rows = (goal < len(targets)).nonzero().squeeze(1)
+            if len(rows) == 0:
+                return torch.stack(out)
+            tr, end = t[rows], targets[goal[rows]]
+            hr = torch.minimum(h[rows], tr - end)
+            t_new = torch.where(hr >= tr - end, end, tr - hr)  # land exactly on the time asked for
+            w_new = self._brownian_at(brownian, t0 - t_new, rows, w[rows], t0 - tr)
+            dw = (w_new - w[rows]).to(x.dtype).view(x[rows].shape)
+            xr, hx = x[rows], hr.to(x.dtype).view(shape)
+            g_t, g_n = (sde.diffusion(u).to(x.dtype).view(shape) for u in (tr, t_new))
+            x_em = xr - hx * reverse_drift(xr, tr) + g_t * dw  # Euler–Maruyama
+            x_ie = 0.5 * (x_em + xr - hx * reverse_drift(x_em, t_new) + g_n * dw)  # improved Euler
+            delta = (self.rtol * torch.maximum(x_em.abs(), x_prev[rows].abs())).clamp_min(self.atol)
+            err = ((x_em - x_ie) / delta).flatten(1).pow(2).mean(1).sqrt().to(torch.float64)
+            ok = err <= 1
+            acc = rows[ok]
+            x[acc], x_prev[acc], t[acc], w[acc] = x_ie[ok], x_em[ok], t_new[ok], w_new[ok]
+            h[rows] = _round_mantissa(self.theta * hr * err.clamp_min(1e-10).pow(-self.r))
+            arrived = acc[t_new[ok] == end[ok]]
+            for k in goal[arrived].unique().tolist():
+                hit = arrived[goal[arrived] == k]
+                out[k][hit] = x[hit]
+            goal[arrived] += 1
+        raise RuntimeError(
+            f"adaptive_sde took {self.max_attempts} attempts without reaching t = {float(grid[-1]):g}; "
+            "loosen rtol/atol or raise max_attempts"
+        )
+
+    @staticmethod
+    def _brownian_at(path: PerSampleBrownian, s: Tensor, rows: Tensor, w_now: Tensor, s_now: Tensor) -> Tensor:
+        """``W(s)`` of samples ``rows`` (which sit at ``W(s_now) = w_now``): the path's value, so that a retried step
+        sees the Brownian bridge (the tests replace this with fresh noise to show the bias it avoids)."""
+        return path(s, rows)
