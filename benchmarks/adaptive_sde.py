@@ -9,7 +9,8 @@ paper's handling of rejections) runs beside it. Reported per case: Fréchet dist
 cross-entropy gap (bits/dim) with their noise floors, the mean score evaluations per sample, and wall seconds;
 medians over seeds.
 
-    python benchmarks/adaptive_sde.py [--rtol 0.2 0.1 0.05 0.02] [--seeds 2] [--out benchmarks/results/adaptive_sde.json]
+    python benchmarks/adaptive_sde.py [--rtol 0.2 0.1 0.05 0.02] [--seeds 2]
+                                      [--out benchmarks/results/adaptive_sde.json]
 """
 
 from __future__ import annotations

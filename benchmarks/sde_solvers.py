@@ -111,9 +111,15 @@ def print_table(out: dict) -> None:
             f = c["floors"][key]
             print(f"\n{cname}: {label} (floor mean {f['mean']:.4f}, p90 {f['p90']:.4f})")
             print(f"{'solver':<32}" + "".join(f"{n:>10}" for n in out["nfe"]))
-            for name, r in sorted(c["rows"].items(), key=lambda kv: kv[1][out["nfe"][1]][key]):
+            for name, r in sorted(c["rows"].items(), key=lambda kv: abs(kv[1][out["nfe"][1]][key])):  # |CE gap|: either sign is off
                 print(f"{name:<32}" + "".join(f"{r[n][key]:>10.4f}" for n in out["nfe"]))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--print"]:  # reprint a stored result: --print FILE
+        stored = json.loads(Path(sys.argv[2]).read_text())
+        for c in stored["cases"].values():  # JSON keys are strings
+            c["rows"] = {k: {int(n): v for n, v in r.items()} for k, r in c["rows"].items()}
+        print_table(stored)
+    else:
+        main()

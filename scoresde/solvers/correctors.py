@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -48,8 +49,8 @@ class Corrector(abc.ABC):
         return type(self).__name__
 
     @abc.abstractmethod
-    def step_size(self, score: Tensor, z: Tensor, ct: Coefficients, alpha_i: float) -> Tensor:
-        """Langevin step size ``epsilon``: a float tensor broadcastable to ``score``."""
+    def step_size(self, score: Tensor, z: Tensor, ct: Coefficients, alpha_i: float) -> Tensor | float:
+        """Langevin step size ``epsilon``: a float tensor broadcastable to ``score``, or a float for all samples."""
 
     def correct(
         self, score_fn: ScoreFn, sde: SDE, x: Tensor, ct: Coefficients, cn: Coefficients, noise: NoiseFn
@@ -62,7 +63,8 @@ class Corrector(abc.ABC):
         for _ in range(self.n_steps):
             score, z = score_fn(x, tt), noise(x)
             eps = self.step_size(score, z, ct, alpha_i)
-            x = x + eps * score + torch.sqrt(2 * eps) * z
+            root = math.sqrt(2 * eps) if isinstance(eps, float) else torch.sqrt(2 * eps)
+            x = x + eps * score + root * z
         return x
 
 
@@ -89,8 +91,8 @@ class AnnealedLangevin(Corrector):
     """Annealed Langevin dynamics (Song & Ermon, 2019, Algorithm 1, as the reference corrector): the step size comes
     from the noise level, ``eps = 2 alpha_i (r sigma_t)²``, not from the current sample."""
 
-    def step_size(self, score: Tensor, z: Tensor, ct: Coefficients, alpha_i: float) -> Tensor:
-        return torch.tensor(2 * alpha_i * (self.snr * ct.sigma) ** 2, dtype=score.dtype, device=score.device)
+    def step_size(self, score: Tensor, z: Tensor, ct: Coefficients, alpha_i: float) -> float:
+        return 2 * alpha_i * (self.snr * ct.sigma) ** 2
 
 
 @dataclass

@@ -63,8 +63,10 @@ class ReverseDiffusion(Solver):
     """The reverse-diffusion predictor (Song et al., 2021, eq. 46): with the forward step ``x_t = x_s + f + G z``
     from ``sde.discretize``, ``x_s ← x_t - f + G² s(x_t, t) + G z``. The last step returns the mean. Weak order 1.
 
-    The drift of every SDE here is linear in ``x``, so ``f = A x`` and ``A`` is read off one ``discretize`` call on a
-    row of ones (one small call per step instead of schedule arithmetic on every sample).
+    The drift of every SDE here is linear in ``x``, so ``f = (a - 1) x`` and ``x_mean = (2 - a) x + G² s``. With the
+    base class's ``discretize`` (the perturbation kernel: ``a = alpha_t / alpha_s``, ``G² = sigma_t² - a² sigma_s²``)
+    ``a`` and ``G`` come from the step's coefficients; an SDE that overrides ``discretize`` is asked once per step, on
+    a row of ones.
     """
 
     convergence_order = 1.0
@@ -72,15 +74,23 @@ class ReverseDiffusion(Solver):
     evaluations_per_step = 1
     requires = ("discretize",)
 
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+    @staticmethod
+    def _kernel(sde: SDE, ctx: Step, like: Tensor) -> tuple[float, float]:
+        """``(a, G)`` of the forward step from ``ctx.next.t`` up to ``ctx.now.t``."""
         ct, cn = ctx.now, ctx.next
+        if type(sde).discretize is SDE.discretize:
+            a = ct.alpha / cn.alpha
+            return a, math.sqrt(max(ct.sigma**2 - (a * cn.sigma) ** 2, 0.0))
+        one = torch.ones_like(like[:1])
+        f, G = sde.discretize(one, tvec(one, ct.t), tvec(one, cn.t))
+        return 1.0 + float(f.flatten()[0]), float(G[0])
+
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
         x = state.x
-        one = torch.ones_like(x[:1])
-        A, G_t = sde.discretize(one, tvec(one, ct.t), tvec(one, cn.t))
-        G = float(G_t[0])
-        score = score_fn(x, tvec(x, ct.t))
-        x_mean = x - A * x + G**2 * score
-        x0 = (x + ct.sigma**2 * score) / ct.alpha  # Tweedie
+        a, G = self._kernel(sde, ctx, x)
+        score = score_fn(x, tvec(x, ctx.now.t))
+        x_mean = (2.0 - a) * x + G**2 * score
+        x0 = (x + ctx.now.sigma**2 * score) / ctx.now.alpha  # Tweedie
         return State(x_mean if ctx.is_last else x_mean + G * ctx.noise(x), denoised=x0)
 
 
