@@ -3,7 +3,7 @@ same number of score calls, on the exact cases of ``benchmarks/solvers.py`` (rin
 and VE), with the exact score as the network.
 
 For each tolerance (``atol = rtol / 6``) the adaptive solver runs from exact draws of p_T; its counted NFE (score
-calls; each call covers the samples still running) then sets the step count of Euler–Maruyama (uniform grid) and
+calls, each over the whole batch) then sets the step count of Euler–Maruyama (uniform grid) and
 DPM-Solver++(2M) SDE (log-SNR grid) on the same x_T. A variant that redraws the increment of a retried step (the
 paper's handling of rejections) runs beside it. Reported per case: Fréchet distance (FD), mode total variation and
 cross-entropy gap (bits/dim) with their noise floors, the mean score evaluations per sample, and wall seconds;

@@ -44,7 +44,7 @@ def test_changed_settings_in_the_same_out_dir_are_refused(toy_ckpt, tmp_path):
 
 
 def test_bad_solver_and_option_are_explained(toy_ckpt, tmp_path):
-    with pytest.raises(ValueError, match="unknown solver 'dpm'; available: ancestral"):
+    with pytest.raises(ValueError, match="unknown solver 'dpm'; available: adaptive_sde, ancestral"):
         _run(toy_ckpt, tmp_path, "--solver", "dpm", "--n", "4")
     with pytest.raises(ValueError, match="has no option"):
         _run(toy_ckpt, tmp_path / "x", "--solver", "ddim", "--order", "2", "--n", "4")
