@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from solvers import SAMPLES, cases, floors, metrics  # noqa: E402  (the solver benchmark's cases and metrics)
+from solvers import SAMPLES, cases, exact_x_T, floors, metrics, reference  # noqa: E402  (the solver benchmark's cases and metrics)
 
 from scoresde import sample  # noqa: E402
-from scoresde.noise import PerSampleNoise, derive_seeds  # noqa: E402
+from scoresde.noise import derive_seeds  # noqa: E402
 from scoresde.solvers import AdaptiveReverseSDE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,17 +70,14 @@ def main() -> None:
         if args.cases and cname not in args.cases:
             continue
         n = SAMPLES[cname.split("-")[0]]
-        ref = gm.sample(n, generator=torch.Generator().manual_seed(7))
-        big = float(gm.log_prob(gm.sample(100_000, generator=torch.Generator().manual_seed(8))).mean())
+        ref, big = reference(gm, n)
         fl = floors(gm, n, ref, big)
         score = gm.score_fn(sde)
         rows = []
         for rtol in args.rtol:
             per_seed: dict[str, list[dict]] = {}
             for seed in range(args.seeds):
-                T = torch.full((n,), sde.T, dtype=torch.float64)
-                mean, std = sde.marginal_prob(gm.sample(n, generator=torch.Generator().manual_seed(30 + seed)), T)
-                x_T = (mean + std[:, None] * PerSampleNoise(derive_seeds(40 + seed, 0, n))(mean)).float()
+                x_T = exact_x_T(gm, sde, n, 30 + seed, 40 + seed)
                 runs = {}
                 for name, solver in (("adaptive_sde", AdaptiveReverseSDE(rtol=rtol, atol=rtol / 6)),
                                      ("fresh_noise", FreshNoise(rtol=rtol, atol=rtol / 6))):

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from solvers import SAMPLES, _s_hat, cases, floors, metrics  # noqa: E402  (the solver benchmark's cases and metrics)
+from solvers import SAMPLES, _s_hat, cases, exact_x_T, floors, metrics, reference  # noqa: E402  (the solver benchmark's cases and metrics)
 
 from scoresde import sample  # noqa: E402
-from scoresde.noise import PerSampleNoise, derive_seeds  # noqa: E402
+from scoresde.noise import derive_seeds  # noqa: E402
 from scoresde.solvers import get_timesteps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,15 +78,12 @@ def main() -> None:
         if args.cases and cname not in args.cases:
             continue
         n = SAMPLES[cname.split("-")[0]]
-        ref = gm.sample(n, generator=torch.Generator().manual_seed(7))
-        big = float(gm.log_prob(gm.sample(100_000, generator=torch.Generator().manual_seed(8))).mean())
+        ref, big = reference(gm, n)
         rows: dict[str, dict[int, dict]] = {}
         for nfe in args.nfe:
             per: dict[str, list[dict]] = {}
             for seed in range(args.seeds):
-                T = torch.full((n,), sde.T, dtype=torch.float64)
-                mean, std = sde.marginal_prob(gm.sample(n, generator=torch.Generator().manual_seed(30 + seed)), T)
-                x_T = (mean + std[:, None] * PerSampleNoise(derive_seeds(40 + seed, 0, n))(mean)).float()
+                x_T = exact_x_T(gm, sde, n, 30 + seed, 40 + seed)
                 for grid in ("log_snr", "karras"):
                     for name, (solver, opts) in OURS.items():
                         x = sample(gm.score_fn(sde), sde, x_T.shape, solver=solver, steps=nfe, grid=grid, x_init=x_T,

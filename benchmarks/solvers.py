@@ -126,6 +126,19 @@ def metrics(x: torch.Tensor, gm: GaussianMixture, ref: torch.Tensor, big: float)
     }
 
 
+def reference(gm: GaussianMixture, n: int) -> tuple[torch.Tensor, float]:
+    """``n`` exact samples (the sliced-W2 reference) and the mean exact log-density of 100,000 more (``big``)."""
+    ref = gm.sample(n, generator=torch.Generator().manual_seed(7))
+    return ref, float(gm.log_prob(gm.sample(100_000, generator=torch.Generator().manual_seed(8))).mean())
+
+
+def exact_x_T(gm: GaussianMixture, sde, n: int, data_seed: int, noise_seed: int) -> torch.Tensor:
+    """``n`` exact draws of p_T (float32): data from ``data_seed``, forward noise from the streams of ``noise_seed``."""
+    T = torch.full((n,), sde.T, dtype=torch.float64)
+    mean, std = sde.marginal_prob(gm.sample(n, generator=torch.Generator().manual_seed(data_seed)), T)
+    return (mean + std[:, None] * PerSampleNoise(derive_seeds(noise_seed, 0, n))(mean)).float()
+
+
 def transport_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Per-dimension RMS distance to the exact probability-flow transport of the same x_T (deterministic runs only):
     the solver's own error, free of the sampling noise that dominates the distribution metrics."""
@@ -282,21 +295,16 @@ def quality(n: int | None, budgets: list[int], only: list[str] | None) -> dict:
         if only and cname not in only:
             continue
         size = n or SAMPLES[cname.split("-")[0]]
-        ref = gm.sample(size, generator=torch.Generator().manual_seed(7))
-        big = float(gm.log_prob(gm.sample(100_000, generator=torch.Generator().manual_seed(8))).mean())  # -entropy
+        ref, big = reference(gm, size)  # big: -entropy
         fl = floors(gm, size, ref, big)
         # Exact draws of p_T, so the table measures the solvers: the prior is not exactly p_T, and on aniso64 (means
         # ~16 from the origin, alpha_T mu ~ 0.1 under VP) that mismatch alone puts every ODE solver ~5x above the floor.
-        T = torch.full((size,), sde.T, dtype=torch.float64)
-        mean, std = sde.marginal_prob(gm.sample(size, generator=torch.Generator().manual_seed(3)), T)
-        x_T = (mean + std[:, None] * PerSampleNoise(derive_seeds(0, 0, size))(mean)).float()
+        x_T = exact_x_T(gm, sde, size, 3, 0)
         t_end = sde.sampling_eps
         exact = sample(gm.score_fn(sde), sde, x_T.shape, solver="ode", rtol=1e-9, atol=1e-9, x_init=x_T.double(),
                        t_end=t_end, dtype=torch.float64).x  # the exact probability-flow transport of x_T
         limit = metrics(exact, gm, ref, big)
-        mean, std = sde.marginal_prob(gm.sample(CALIBRATION, generator=torch.Generator().manual_seed(11)),
-                                      T[:CALIBRATION])
-        x_cal = (mean + std[:, None] * PerSampleNoise(derive_seeds(11, 0, CALIBRATION))(mean)).float()
+        x_cal = exact_x_T(gm, sde, CALIBRATION, 11, 11)
         searches: dict[str, dict[int, dict]] = {}
         rows: dict[str, dict[int, dict]] = {}
         for nfe in budgets:
