@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from solvers import SAMPLES, _s_hat, cases, exact_x_T, floors, metrics, reference  # noqa: E402  (the solver benchmark's cases and metrics)
+from solvers import _s_hat, exact_x_T, floors, metrics, selected_cases  # noqa: E402  (the solver benchmark's cases and metrics)
 
 from scoresde import sample  # noqa: E402
 from scoresde.noise import derive_seeds  # noqa: E402
@@ -74,11 +74,7 @@ def main() -> None:
         sys.exit("this benchmark compares with diffusers' SA-Solver: pip install -e '.[bench]'")
     out: dict = {"nfe": args.nfe, "seeds": args.seeds, "machine": platform.processor() or platform.machine(),
                  "torch": torch.__version__, "cases": {}}
-    for cname, (gm, sde) in cases().items():
-        if args.cases and cname not in args.cases:
-            continue
-        n = SAMPLES[cname.split("-")[0]]
-        ref, big = reference(gm, n)
+    for cname, gm, sde, n, ref, big in selected_cases(args.cases):
         rows: dict[str, dict[int, dict]] = {}
         for nfe in args.nfe:
             per: dict[str, list[dict]] = {}

@@ -139,6 +139,14 @@ def exact_x_T(gm: GaussianMixture, sde, n: int, data_seed: int, noise_seed: int)
     return (mean + std[:, None] * PerSampleNoise(derive_seeds(noise_seed, 0, n))(mean)).float()
 
 
+def selected_cases(only: list[str] | None):
+    """``(name, gm, sde, n, ref, big)`` for each case (or those in ``only``), with its sample size and references."""
+    for cname, (gm, sde) in cases().items():
+        if not only or cname in only:
+            n = SAMPLES[cname.split("-")[0]]
+            yield (cname, gm, sde, n, *reference(gm, n))
+
+
 def transport_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Per-dimension RMS distance to the exact probability-flow transport of the same x_T (deterministic runs only):
     the solver's own error, free of the sampling noise that dominates the distribution metrics."""
