@@ -10,10 +10,12 @@ vector–Jacobian products per evaluation) or the Hutchinson–Skilling estimate
 drawn once and held fixed for the whole solve (one VJP per probe), which keeps the ODE an ODE and the estimate of
 ``log p`` unbiased up to the solver's error.
 
-The batch is solved as one system (one network call per stage for all samples) with a **per-sample error norm**: the
-step is accepted only if every sample, and every sample's log-density, meets ``rtol``/``atol`` on its own, so a
-sample's accuracy does not depend on what else is in the batch (``benchmarks/likelihood.py`` compares this with the
-batch-wide RMS norm, which lets easy samples hide a hard one's error, and with one solve per sample).
+By default (``backend="per_sample"``) every sample is its own problem with its own step size
+(:func:`scoresde.integrate.solve_per_sample`): a step is accepted when the sample's state and its log-density each
+meet ``rtol``/``atol``, samples that reach ``T`` leave the batch, and a sample's result does not depend on the batch
+it is in (``benchmarks/ode_backends.py``). With ``backend="torchdiffeq"`` the batch is one system with one step size
+and the same error test applied to the worst sample (``benchmarks/likelihood.py`` compares that with the batch-wide
+RMS norm, which lets easy samples hide a hard one's error, and with one solve per sample).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 Trace = Literal["exact", "hutchinson"]
+Backend = Literal["per_sample", "torchdiffeq"]
 Probe = Literal["rademacher", "gaussian"]
 
 
@@ -57,7 +60,9 @@ class LikelihoodResult:
         prior: ``log p_T(z)`` under the prior (or the ``prior_logp`` passed in).
         integral: ``∫_eps^T ∇·f̃(x_t, t) dt``.
         z: the latent ``x_T``: ``(B, *D)``.
-        nfe: ODE function evaluations of the solve (each is one score call plus the divergence's VJPs).
+        nfe: ODE function evaluations of the solve (each is one score call plus the divergence's VJPs); with a step
+            size per sample, the most any sample took.
+        nfe_per_sample: each sample's evaluations ``(B,)`` where the solver counts them (``None`` otherwise).
     """
 
     logp: Tensor
@@ -65,6 +70,7 @@ class LikelihoodResult:
     integral: Tensor
     z: Tensor
     nfe: int
+    nfe_per_sample: Tensor | None = None
 
     def bits_per_dim(self, offset: float = 0.0) -> Tensor:
         """``-logp / (D ln 2) + offset``: ``(B,)`` (the offset comes from the data transform: ``transform.bpd_offset``)."""
@@ -175,6 +181,7 @@ def log_likelihood(
     noise: NoiseFn | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     method_options: dict[str, Any] | None = None,
+    backend: Backend = "per_sample",
 ) -> LikelihoodResult:
     """``log p_{t_eps}(x)`` in nats for every sample of ``x: (B, *D)`` through the probability-flow ODE.
 
@@ -187,6 +194,10 @@ def log_likelihood(
         probe, n_probes: Hutchinson probe law and how many probes to average (each held fixed for the solve).
         generator, noise: where the probes come from (``noise``, e.g. ``PerSampleNoise``, makes them per-sample).
         prior_logp: ``log p_T`` to use instead of ``sde.prior_logp`` (e.g. the exact diffused density in tests).
+        backend: for ``method="dopri5"``, ``"per_sample"`` (:func:`scoresde.integrate.solve_per_sample`: a step size
+            per sample, finished samples leave the batch, so a sample's result does not depend on its batch; the
+            score is called on the samples still running) or ``"torchdiffeq"`` (one step size for the batch). Other
+            methods always run through torchdiffeq. ``benchmarks/ode_backends.py`` measures the two.
 
     Runs with autograd even under ``torch.no_grad`` or ``torch.inference_mode`` (Lightning's predict/test); returns
     detached tensors.
@@ -200,6 +211,13 @@ def log_likelihood(
         raise ValueError(f"unknown trace {trace!r}; use 'exact' (autograd, small D) or 'hutchinson'")
     if n_probes < 1:
         raise ValueError(f"n_probes must be >= 1, got {n_probes}")
+    if backend not in ("per_sample", "torchdiffeq"):
+        raise ValueError(
+            f"unknown backend {backend!r}; use 'per_sample' (dopri5, a step size per sample) or 'torchdiffeq'"
+        )
+    per_sample = backend == "per_sample" and method == "dopri5"
+    if per_sample and method_options:
+        raise ValueError("method_options are torchdiffeq's; pass backend='torchdiffeq' with them")
     from torchdiffeq import odeint
 
     B, shape, D = x.shape[0], x.shape[1:], x[0].numel()
@@ -220,6 +238,13 @@ def log_likelihood(
             return torch.cat([v.detach().flatten(1), div.detach()[:, None]], dim=1)
 
         y0 = torch.cat([x.flatten(1), x.new_zeros(B, 1)], dim=1)
+        if per_sample:
+            yT, counts = _solve_per_sample(flow, sde, y0, shape, t_eps, probes, rtol, atol)
+            z = yT[:, :D].reshape(B, *shape)
+            prior = (prior_logp or sde.prior_logp)(z).to(yT.dtype)
+            return LikelihoodResult(
+                logp=prior + yT[:, D], prior=prior, integral=yT[:, D], z=z, nfe=int(counts.max()), nfe_per_sample=counts
+            )
         ts = torch.tensor([t_eps, sde.T], dtype=torch.float64, device=x.device)
         options = dict(method_options or {})
         if method in ADAPTIVE_METHODS:
@@ -233,6 +258,47 @@ def log_likelihood(
     integral = yT[:, D]
     prior = (prior_logp or sde.prior_logp)(z).to(integral.dtype)
     return LikelihoodResult(logp=prior + integral, prior=prior, integral=integral, z=z, nfe=nfe)
+
+
+def _solve_per_sample(
+    flow: Any,
+    sde: SDE,
+    y0: Tensor,
+    shape: tuple[int, ...],
+    t_eps: float,
+    probes: Tensor | None,
+    rtol: float,
+    atol: float,
+) -> tuple[Tensor, Tensor]:
+    """The state ``(x_T, ∫ div)`` of every sample with its own steps (in ``lambda`` where the schedule is piecewise
+    in ``t``), with :func:`_per_sample_mixed_norm`'s error test per sample: ``(B, D + 1)`` and the counts ``(B,)``."""
+    from .integrate import solve_per_sample
+
+    D = y0.shape[1] - 1
+
+    def rhs(t: Tensor, y: Tensor, rows: Tensor) -> Tensor:
+        with torch.enable_grad():
+            xt = y[:, :D].reshape(len(rows), *shape).detach().requires_grad_(True)
+            v = flow.drift(xt, t.clamp(t_eps, sde.T))
+            div = divergence(v, xt, probes[:, rows] if probes is not None else None)
+        return torch.cat([v.detach().flatten(1), div.detach()[:, None]], dim=1)
+
+    def norm(r: Tensor) -> Tensor:
+        return torch.maximum(r[:, :D].pow(2).mean(1).sqrt(), r[:, D].abs())
+
+    def in_log_snr(lam_r: Tensor, y: Tensor, rows: Tensor) -> Tensor:
+        t = sde.t_from_log_snr(lam_r).clamp(0.0, sde.T)
+        dt_dlam = -2 * sde.sigma(t) ** 2 / sde.diffusion(t) ** 2
+        return rhs(t, y, rows) * dt_dlam.to(y.dtype)[:, None]
+
+    field: Callable[[Tensor, Tensor, Tensor], Tensor] = rhs
+    a, b = t_eps, sde.T
+    if sde.piecewise_in_t:
+        lam = sde.log_snr(torch.tensor([t_eps, sde.T], dtype=torch.float64))
+        field, a, b = in_log_snr, float(lam[0]), float(lam[1])
+    with torch.no_grad():
+        sol = solve_per_sample(field, y0, a, b, rtol=rtol, atol=atol, norm=norm)
+    return sol.y, sol.nfe
 
 
 def _in_log_snr(sde: SDE, rhs: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:

@@ -83,7 +83,8 @@ class LikelihoodConfig(DeviceOptions):
     repeats: int = option(1, "dequantization draws per point (the reference uses 5)")
     seed: int = option(0, "point j uses index_seeds(seed, j) for its noise")
     t_eps: float = option(1e-5, "start time of the ODE")
-    method: str = option("dopri5", "torchdiffeq method")
+    method: str = option("dopri5", "ODE method (dopri5, or any torchdiffeq method with --backend torchdiffeq)")
+    backend: str = option("per_sample", "dopri5 with a step size per point (per_sample) or for the block (torchdiffeq)")
     rtol: float = option(1e-5, "relative tolerance of the ODE solve")
     atol: float = option(1e-5, "absolute tolerance of the ODE solve")
     batch_size: int = option(128, "points per block (one ODE system) and per shard", "--batch-size")
@@ -132,6 +133,7 @@ class LikelihoodTask(ShardTask):
                 x,
                 t_eps=cfg.t_eps,
                 method=cfg.method,
+                backend=cfg.backend,  # type: ignore[arg-type]  # checked by log_likelihood
                 rtol=cfg.rtol,
                 atol=cfg.atol,
                 trace=self.trace,
@@ -142,7 +144,8 @@ class LikelihoodTask(ShardTask):
             for k, v in (("logp", res.logp), ("prior", res.prior), ("integral", res.integral)):
                 out[k].append(v.double().cpu().numpy())
             out["bpd"].append(nats_to_bits_per_dim(res.logp.double(), dim, self.transform.bpd_offset).cpu().numpy())
-            out["nfe"].append(np.full(count, res.nfe))
+            per = res.nfe_per_sample
+            out["nfe"].append(per.cpu().numpy() if per is not None else np.full(count, res.nfe))
         return {k: np.stack(v, 1) for k, v in out.items()}
 
 
