@@ -12,6 +12,7 @@ from .latent import encode as encode
 from .latent import interpolate as interpolate
 from .likelihood import LikelihoodResult as LikelihoodResult
 from .likelihood import bits_per_dim as bits_per_dim
+from .likelihood import fit_prior as fit_prior
 from .likelihood import log_likelihood as log_likelihood
 from .losses import DSMLoss as DSMLoss
 from .parametrization import ScoreModel as ScoreModel
