@@ -228,12 +228,20 @@ class GaussianMixture:
         x0 = torch.einsum("bk,kd->bd", r, mu) + torch.einsum("kdj,bkj->bd", U, r[..., None] * (shrink * y_rot))
         return x0.reshape(x.shape)
 
-    def score_fn(self, sde: SDE) -> ScoreFn:
-        """The exact score of the diffused mixture as a plain ``score_fn(x, t)`` for samplers and likelihoods."""
-        return partial(self._score_at, sde=sde)
+    def score_divergence(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
+        """Exact ``∇·s = Δ log p_t(x) = Σ_k r_k (‖C_k⁻¹(x - alpha mu_k)‖² - tr C_k⁻¹) - ‖s‖²``: ``(B,)`` (one pass,
+        against ``D`` vector–Jacobian products for autograd's exact trace)."""
+        log_joint, z, var, _, U = self._terms(x, t, sde)
+        r = torch.softmax(log_joint, dim=1)
+        u = z / var  # C_k⁻¹ (x - alpha mu_k) in component k's eigenbasis
+        s = -torch.einsum("kdj,bkj->bd", U, r[..., None] * u)
+        lap = (r * ((u**2).sum(-1) - (1 / var).sum(-1))).sum(1)
+        return lap - (s**2).sum(1)
 
-    def _score_at(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
-        return self.score(x, t, sde)
+    def score_fn(self, sde: SDE) -> ScoreFn:
+        """The exact score of the diffused mixture as ``score_fn(x, t)`` for samplers and likelihoods; its
+        ``divergence(x, t)`` is :meth:`score_divergence` (``log_likelihood`` uses it instead of autograd)."""
+        return _ExactScore(self, sde)
 
     def conditional_score_fn(self, sde: SDE) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
         """The exact class-conditional score as ``score_fn(x, t, y)`` (``y = -1``: unconditional), the interface of a
@@ -362,3 +370,16 @@ class GaussianMixture:
         """Posterior component probabilities ``p(k | x)`` under ``p_0``: ``(B, K)``."""
         log_joint, *_ = self._terms(x, None, None)
         return torch.softmax(log_joint, dim=1)
+
+
+class _ExactScore:
+    """``score_fn(x, t)`` of a mixture under an SDE, with the divergence hook ``divergence(x, t) -> (B,)``."""
+
+    def __init__(self, mixture: GaussianMixture, sde: SDE) -> None:
+        self.mixture, self.sde = mixture, sde
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.mixture.score(x, t, self.sde)
+
+    def divergence(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.mixture.score_divergence(x, t, self.sde)

@@ -176,6 +176,13 @@ def divergence(v: Tensor, x: Tensor, probes: Tensor | None = None) -> Tensor:
     return total / probes.shape[0]
 
 
+def flow_divergence(sde: SDE, hook: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor) -> Tensor:
+    """``∇·f̃ = ∇·f - ½ g² ∇·s`` from a score's own divergence ``hook(x, t) = ∇·s``: ``(B,)``. Every SDE here has
+    a drift linear in ``x``, ``f = c(t) x``, whose divergence is ``D c(t)`` (read off the drift of a row of ones)."""
+    drift_div = sde.drift(torch.ones_like(x), t).flatten(1).sum(1)
+    return drift_div - 0.5 * (sde.diffusion(t) ** 2).to(x.dtype) * hook(x, t)
+
+
 def _draw_probes(x: Tensor, n: int, kind: Probe, generator: torch.Generator | None, noise: NoiseFn | None) -> Tensor:
     """``n`` probe vectors per sample, ``(n, B, *D)``: Rademacher (±1) or standard normal, drawn once per solve."""
     if kind not in ("rademacher", "gaussian"):
@@ -246,7 +253,8 @@ def log_likelihood(
         t_eps: where the data sits on the time axis (the ODE runs from ``t_eps`` to ``T``).
         method, rtol, atol, method_options: torchdiffeq's; adaptive methods get the per-sample error norm (module
             docstring), fixed-step methods need ``method_options={"step_size": ...}``.
-        trace: ``"exact"`` (``D`` VJPs per evaluation: small ``D``) or ``"hutchinson"``.
+        trace: ``"exact"`` (``D`` VJPs per evaluation: small ``D``; or one call of ``score_fn.divergence(x, t)``
+            where the score supplies its own ``∇·s``, as ``GaussianMixture.score_fn`` does) or ``"hutchinson"``.
         probe, n_probes: Hutchinson probe law and how many probes to average (each held fixed for the solve).
         generator, noise: where the probes come from (``noise``, e.g. ``PerSampleNoise``, makes them per-sample).
         prior_logp: ``log p_T`` to use instead of ``sde.prior_logp`` (e.g. the exact diffused density in tests).
@@ -278,6 +286,9 @@ def log_likelihood(
 
     B, shape, D = x.shape[0], x.shape[1:], x[0].numel()
     flow = sde.probability_flow(score_fn)
+    hook: Callable[[Tensor, Tensor], Tensor] | None = (
+        getattr(score_fn, "divergence", None) if trace == "exact" else None
+    )
     nfe = 0
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone()  # a normal tensor even if x was made under inference mode
@@ -286,16 +297,20 @@ def log_likelihood(
         def rhs(t: Tensor, y: Tensor) -> Tensor:
             nonlocal nfe
             nfe += 1
+            tt = t.to(torch.float64).expand(B).clamp(t_eps, sde.T)
+            if hook is not None:
+                xt = y[:, :D].reshape(B, *shape)
+                v, div = flow.drift(xt, tt), flow_divergence(sde, hook, xt, tt)
+                return torch.cat([v.flatten(1), div[:, None].to(v.dtype)], dim=1)
             with torch.enable_grad():  # the solve itself runs without a graph; only the divergence needs one
                 xt = y[:, :D].reshape(B, *shape).detach().requires_grad_(True)
-                tt = t.to(torch.float64).expand(B).clamp(t_eps, sde.T)
                 v = flow.drift(xt, tt)
                 div = divergence(v, xt, probes)
             return torch.cat([v.detach().flatten(1), div.detach()[:, None]], dim=1)
 
         y0 = torch.cat([x.flatten(1), x.new_zeros(B, 1)], dim=1)
         if per_sample:
-            yT, counts = _solve_per_sample(flow, sde, y0, shape, t_eps, probes, rtol, atol)
+            yT, counts = _solve_per_sample(flow, sde, y0, shape, t_eps, probes, rtol, atol, hook)
             z = yT[:, :D].reshape(B, *shape)
             prior = (prior_logp or sde.prior_logp)(z).to(yT.dtype)
             return LikelihoodResult(
@@ -325,6 +340,7 @@ def _solve_per_sample(
     probes: Tensor | None,
     rtol: float,
     atol: float,
+    hook: Callable[[Tensor, Tensor], Tensor] | None,
 ) -> tuple[Tensor, Tensor]:
     """The state ``(x_T, ∫ div)`` of every sample with its own steps (in ``lambda`` where the schedule is piecewise
     in ``t``), with :func:`_per_sample_mixed_norm`'s error test per sample: ``(B, D + 1)`` and the counts ``(B,)``."""
@@ -333,9 +349,14 @@ def _solve_per_sample(
     D = y0.shape[1] - 1
 
     def rhs(t: Tensor, y: Tensor, rows: Tensor) -> Tensor:
+        tt = t.clamp(t_eps, sde.T)
+        if hook is not None:
+            xt = y[:, :D].reshape(len(rows), *shape)
+            v, div = flow.drift(xt, tt), flow_divergence(sde, hook, xt, tt)
+            return torch.cat([v.flatten(1), div[:, None].to(v.dtype)], dim=1)
         with torch.enable_grad():
             xt = y[:, :D].reshape(len(rows), *shape).detach().requires_grad_(True)
-            v = flow.drift(xt, t.clamp(t_eps, sde.T))
+            v = flow.drift(xt, tt)
             div = divergence(v, xt, probes[:, rows] if probes is not None else None)
         return torch.cat([v.detach().flatten(1), div.detach()[:, None]], dim=1)
 

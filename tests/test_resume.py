@@ -43,13 +43,16 @@ data:
 
 
 class StepLog(L.Callback):
-    """Writes the number of finished optimizer steps to ``path`` after every step."""
+    """Writes the number of finished optimizer steps to ``path`` after every step, atomically: a plain write truncates
+    the file first, and a SIGKILL between the truncation and the write left it empty (read as step 0: a flaky fail)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        Path(self.path).write_text(str(trainer.global_step))
+        tmp = Path(f"{self.path}.tmp")
+        tmp.write_text(str(trainer.global_step))
+        os.replace(tmp, self.path)
 
 
 def _steps(path: Path) -> int:
