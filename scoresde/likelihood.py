@@ -197,16 +197,39 @@ def _draw_probes(x: Tensor, n: int, kind: Probe, generator: torch.Generator | No
     return torch.where(eps >= 0, 1.0, -1.0).to(x.dtype) if kind == "rademacher" else eps
 
 
+def _mixed_error(r: Tensor, dim: int) -> Tensor:
+    """Per-sample error of the packed state ``(B, D + 1)``: ``max(RMS of the x error, |the log-density error|)``
+    (error ratios, i.e. already divided by ``atol + rtol·|y|``): ``(B,)``."""
+    r = r.reshape(-1, dim + 1)
+    return torch.maximum(r[:, :dim].pow(2).mean(1).sqrt(), r[:, dim].abs())
+
+
 def _per_sample_mixed_norm(dim: int) -> Callable[[Tensor], Tensor]:
-    """torchdiffeq error norm on the packed state ``(B, D + 1)``: the worst sample's ``max(RMS of its x error,
-    |its log-density error|)`` (error ratios, i.e. already divided by ``atol + rtol·|y|``)."""
+    """torchdiffeq error norm on the packed state: the worst sample's :func:`_mixed_error`."""
+    return lambda r: _mixed_error(r, dim).max()
 
-    def norm(r: Tensor) -> Tensor:
-        r = r.reshape(-1, dim + 1)
-        x_rms = r[:, :dim].pow(2).mean(1).sqrt()
-        return torch.maximum(x_rms, r[:, dim].abs()).max()
 
-    return norm
+def _state_velocity(
+    flow: Any,
+    sde: SDE,
+    hook: Callable[[Tensor, Tensor], Tensor] | None,
+    y: Tensor,
+    t: Tensor,
+    shape: tuple[int, ...],
+    probes: Tensor | None,
+) -> Tensor:
+    """``d(x, ∫ div)/dt`` of the packed state ``y: (R, D + 1)`` at times ``t: (R,)``: the flow and its divergence
+    (the score's own ``hook`` where given, else autograd with ``probes: (K, R, *D)`` or the exact trace)."""
+    D = y.shape[1] - 1
+    if hook is not None:
+        xt = y[:, :D].reshape(len(y), *shape)
+        v, div = flow.drift(xt, t), flow_divergence(sde, hook, xt, t)
+        return torch.cat([v.flatten(1), div[:, None].to(v.dtype)], dim=1)
+    with torch.enable_grad():  # the solve itself runs without a graph; only the divergence needs one
+        xt = y[:, :D].reshape(len(y), *shape).detach().requires_grad_(True)
+        v = flow.drift(xt, t)
+        div = divergence(v, xt, probes)
+    return torch.cat([v.detach().flatten(1), div.detach()[:, None]], dim=1)
 
 
 EXACT_TRACE_MAX_DIM = 16  # "auto" takes the exact trace (D VJPs per evaluation) up to this many dimensions
@@ -298,15 +321,7 @@ def log_likelihood(
             nonlocal nfe
             nfe += 1
             tt = t.to(torch.float64).expand(B).clamp(t_eps, sde.T)
-            if hook is not None:
-                xt = y[:, :D].reshape(B, *shape)
-                v, div = flow.drift(xt, tt), flow_divergence(sde, hook, xt, tt)
-                return torch.cat([v.flatten(1), div[:, None].to(v.dtype)], dim=1)
-            with torch.enable_grad():  # the solve itself runs without a graph; only the divergence needs one
-                xt = y[:, :D].reshape(B, *shape).detach().requires_grad_(True)
-                v = flow.drift(xt, tt)
-                div = divergence(v, xt, probes)
-            return torch.cat([v.detach().flatten(1), div.detach()[:, None]], dim=1)
+            return _state_velocity(flow, sde, hook, y, tt, shape, probes)
 
         y0 = torch.cat([x.flatten(1), x.new_zeros(B, 1)], dim=1)
         if per_sample:
@@ -343,29 +358,17 @@ def _solve_per_sample(
     hook: Callable[[Tensor, Tensor], Tensor] | None,
 ) -> tuple[Tensor, Tensor]:
     """The state ``(x_T, ∫ div)`` of every sample with its own steps (in ``lambda`` where the schedule is piecewise
-    in ``t``), with :func:`_per_sample_mixed_norm`'s error test per sample: ``(B, D + 1)`` and the counts ``(B,)``."""
+    in ``t``), with :func:`_mixed_error`'s test per sample: ``(B, D + 1)`` and the counts ``(B,)``."""
     from .integrate import solve_per_sample
 
     D = y0.shape[1] - 1
 
     def rhs(t: Tensor, y: Tensor, rows: Tensor) -> Tensor:
-        tt = t.clamp(t_eps, sde.T)
-        if hook is not None:
-            xt = y[:, :D].reshape(len(rows), *shape)
-            v, div = flow.drift(xt, tt), flow_divergence(sde, hook, xt, tt)
-            return torch.cat([v.flatten(1), div[:, None].to(v.dtype)], dim=1)
-        with torch.enable_grad():
-            xt = y[:, :D].reshape(len(rows), *shape).detach().requires_grad_(True)
-            v = flow.drift(xt, tt)
-            div = divergence(v, xt, probes[:, rows] if probes is not None else None)
-        return torch.cat([v.detach().flatten(1), div.detach()[:, None]], dim=1)
+        rows_probes = probes[:, rows] if probes is not None else None
+        return _state_velocity(flow, sde, hook, y, t.clamp(t_eps, sde.T), shape, rows_probes)
 
-    def norm(r: Tensor) -> Tensor:
-        return torch.maximum(r[:, :D].pow(2).mean(1).sqrt(), r[:, D].abs())
-
-    def in_log_snr(lam_r: Tensor, y: Tensor, rows: Tensor) -> Tensor:
-        t = sde.t_from_log_snr(lam_r).clamp(0.0, sde.T)
-        dt_dlam = -2 * sde.sigma(t) ** 2 / sde.diffusion(t) ** 2
+    def in_log_snr(lam: Tensor, y: Tensor, rows: Tensor) -> Tensor:
+        t, dt_dlam = _t_and_dt_dlam(sde, lam)
         return rhs(t, y, rows) * dt_dlam.to(y.dtype)[:, None]
 
     field: Callable[[Tensor, Tensor, Tensor], Tensor] = rhs
@@ -374,7 +377,7 @@ def _solve_per_sample(
         lam = sde.log_snr(torch.tensor([t_eps, sde.T], dtype=torch.float64))
         field, a, b = in_log_snr, float(lam[0]), float(lam[1])
     with torch.no_grad():
-        sol = solve_per_sample(field, y0, a, b, rtol=rtol, atol=atol, norm=norm)
+        sol = solve_per_sample(field, y0, a, b, rtol=rtol, atol=atol, norm=lambda r: _mixed_error(r, D))
     return sol.y, sol.nfe
 
 
@@ -385,11 +388,16 @@ def _in_log_snr(sde: SDE, rhs: Callable[[Tensor, Tensor], Tensor]) -> Callable[[
     it is smooth."""
 
     def field(lam: Tensor, y: Tensor) -> Tensor:
-        t = sde.t_from_log_snr(lam.reshape(1).to(torch.float64)).clamp(0.0, sde.T)
-        dt_dlam = -2 * sde.sigma(t) ** 2 / sde.diffusion(t) ** 2
+        t, dt_dlam = _t_and_dt_dlam(sde, lam.reshape(1))
         return rhs(t[0], y) * dt_dlam.to(y.dtype)
 
     return field
+
+
+def _t_and_dt_dlam(sde: SDE, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """The times of log-SNRs ``lam`` and ``dt/dlambda = -2 sigma² / g²`` there (float64, shaped like ``lam``)."""
+    t = sde.t_from_log_snr(lam.to(torch.float64)).clamp(0.0, sde.T)
+    return t, -2 * sde.sigma(t) ** 2 / sde.diffusion(t) ** 2
 
 
 # ---- bits per dimension -------------------------------------------------------------------------------------------
