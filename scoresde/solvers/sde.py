@@ -316,8 +316,8 @@ class AdaptiveReverseSDE(IntegratorSolver):
         B, shape = x.shape[0], (-1, *[1] * (x.ndim - 1))
         brownian = PerSampleBrownian(keys_from_noise(noise, B, x.device), span, x[0].numel(), self.brownian_tol)
 
-        def reverse_drift(y: Tensor, t: Tensor) -> Tensor:
-            return sde.drift(y, t) - (sde.diffusion(t) ** 2).to(y.dtype).view(shape) * score_fn(y, t)
+        def reverse_drift(y: Tensor, t: Tensor, g: Tensor) -> Tensor:
+            return sde.drift(y, t) - g**2 * score_fn(y, t)
 
         t = torch.full((B,), t0, dtype=torch.float64, device=x.device)
         h = torch.full_like(t, self.h_init * span)
@@ -338,8 +338,8 @@ class AdaptiveReverseSDE(IntegratorSolver):
             dw = (w_new - w).to(x.dtype).view(x.shape)
             hx = hr.to(x.dtype).view(shape)
             g_t, g_n = (sde.diffusion(u).to(x.dtype).view(shape) for u in (t, t_new))
-            x_em = x - hx * reverse_drift(x, t) + g_t * dw  # Euler–Maruyama
-            x_ie = 0.5 * (x_em + x - hx * reverse_drift(x_em, t_new) + g_n * dw)  # improved Euler
+            x_em = x - hx * reverse_drift(x, t, g_t) + g_t * dw  # Euler–Maruyama
+            x_ie = 0.5 * (x_em + x - hx * reverse_drift(x_em, t_new, g_n) + g_n * dw)  # improved Euler
             delta = (self.rtol * torch.maximum(x_em.abs(), x_prev.abs())).clamp_min(self.atol)
             err = ((x_em - x_ie) / delta).flatten(1).pow(2).mean(1).sqrt().to(torch.float64)
             ok = running & (err <= 1)
