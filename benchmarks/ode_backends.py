@@ -40,7 +40,7 @@ def problem(n: int):
 
 def torchdiffeq_logp(gm, sde, x, tol):
     prior = lambda z: gm.log_prob(z, torch.full((z.shape[0],), sde.T, dtype=z.dtype), sde)  # noqa: E731
-    res = log_likelihood(gm.score_fn(sde), sde, x, t_eps=T_EPS, rtol=tol, atol=tol, prior_logp=prior)
+    res = log_likelihood(gm.score_fn(sde), sde, x, t_eps=T_EPS, rtol=tol, atol=tol, prior=prior)
     return res.logp, float(res.nfe)
 
 

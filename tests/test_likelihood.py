@@ -1,7 +1,7 @@
 """Likelihood, bits/dim and the ODE latent space, checked against the analytic mixture's exact densities.
 
 The probability-flow likelihood returns ``log p_{t_eps}(x)`` with the prior ``N(0, I)`` standing in for ``p_T``. The
-exact mixture gives both ``p_T`` (so the prior mismatch can be removed: ``prior_logp=exact p_T``) and ``p_0``, so what
+exact mixture gives both ``p_T`` (so the prior mismatch can be removed: ``prior=exact p_T``) and ``p_0``, so what
 remains is the ODE solver's error and the ``t_eps`` cut-off, which must be below 1e-3 bits/dim.
 """
 
@@ -12,7 +12,7 @@ import torch
 
 from scoresde import VESDE, VPSDE, GaussianMixture, SubVPSDE, bits_per_dim, decode, encode, fit_prior, log_likelihood
 from scoresde.latent import interpolate, lerp, slerp
-from scoresde.likelihood import divergence, nats_to_bits_per_dim
+from scoresde.likelihood import GaussianPrior, data_moments, divergence, nats_to_bits_per_dim
 from scoresde.noise import PerSampleNoise, derive_seeds
 from scoresde.transforms import DataTransform
 
@@ -146,7 +146,7 @@ def test_the_per_sample_and_torchdiffeq_backends_agree_to_the_tolerance(gm16):
     sde = VPSDE()
     x = gm16.sample(64, generator=torch.Generator().manual_seed(12), dtype=F64)
     exact = gm16.log_prob(x, torch.full((64,), 1e-5, dtype=F64), sde)
-    kw = dict(rtol=1e-7, atol=1e-7, prior_logp=_exact_pT(gm16, sde))
+    kw = dict(rtol=1e-7, atol=1e-7, prior=_exact_pT(gm16, sde))
     a = log_likelihood(gm16.score_fn(sde), sde, x, **kw)
     b = log_likelihood(gm16.score_fn(sde), sde, x, backend="torchdiffeq", **kw)
     assert float((a.logp - exact).abs().max()) < 3e-5 and float((b.logp - exact).abs().max()) < 3e-5
@@ -172,6 +172,29 @@ def test_the_fitted_prior_is_the_exact_p_T_of_gaussian_data(sde_cls):
     assert torch.allclose(fit_prior(sde, train)(z), exact, atol=1e-10, rtol=0)
 
 
+def test_data_moments_accumulate_to_the_exact_mean_and_covariance():
+    """Accumulated in chunks of 7 rows around a data point, the moments equal torch's to 1e-12; with no more points
+    than dimensions (or above FULL_COVARIANCE_MAX_DIM) they are the variances, and the prior is diagonal: its density
+    equals the product of the 1-D normals."""
+    g = torch.Generator().manual_seed(8)
+    x = 3.0 + torch.randn(40, 2, 3, generator=g, dtype=F64) * torch.linspace(0.5, 2.0, 6, dtype=F64).reshape(2, 3)
+    m, c = data_moments(x, chunk=7)
+    flat = x.flatten(1)
+    assert torch.allclose(m, flat.mean(0), atol=1e-12) and torch.allclose(
+        c, torch.cov(flat.T, correction=0), atol=1e-12
+    )
+    m, v = data_moments(x[:5])
+    assert v.shape == (6,) and torch.allclose(v, flat[:5].var(0, correction=0), atol=1e-12)
+    sde = VPSDE()
+    T = torch.tensor([1.0], dtype=F64)
+    a, s = float(sde.alpha(T)[0]), float(sde.sigma(T)[0])
+    z = torch.randn(9, 2, 3, generator=g, dtype=F64)
+    ref = torch.distributions.Normal(a * m, (a * a * v + s * s).sqrt()).log_prob(z.flatten(1)).sum(1)
+    assert torch.allclose(fit_prior(sde, x[:5])(z), ref, atol=1e-12, rtol=0)
+    state = fit_prior(sde, x).state()
+    assert torch.equal(GaussianPrior.from_state(state)(z), fit_prior(sde, x)(z))
+
+
 @pytest.mark.parametrize("sde_cls", [VPSDE, SubVPSDE], ids=["vp", "subvp"])
 def test_default_settings_with_the_fitted_prior_meet_1e_4_bits_per_dim(sde_cls, ring, gm16):
     """The issue's accuracy target with the exact score, default tolerances and the fitted prior: mean |bits/dim
@@ -182,7 +205,7 @@ def test_default_settings_with_the_fitted_prior_meet_1e_4_bits_per_dim(sde_cls, 
         train = mix.sample(50_000, generator=torch.Generator().manual_seed(1), dtype=F64)
         x = mix.sample(1000, generator=torch.Generator().manual_seed(2), dtype=F64)
         D = x[0].numel()
-        res = log_likelihood(mix.score_fn(sde), sde, x, prior_logp=fit_prior(sde, train))
+        res = log_likelihood(mix.score_fn(sde), sde, x, prior=fit_prior(sde, train))
         err = (res.logp - mix.log_prob(x)).abs() / (D * LN2)
         assert float(err.mean()) <= 1e-4 and float(err.max()) <= 1e-3, (float(err.mean()), float(err.max()))
         assert torch.equal(res.logp, res.prior + res.integral)  # the decomposition is kept

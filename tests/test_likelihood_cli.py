@@ -12,7 +12,8 @@ import torch
 from scoresde import GaussianMixture
 from scoresde.lightning import ToyDataModule
 from scoresde.lightning.cli import run
-from scoresde.likelihood import gaussian_logp
+from scoresde.lightning.commands._common import load_data, load_model
+from scoresde.likelihood import diffused_prior, gaussian_logp
 
 FAST = ["--rtol", "1e-4", "--atol", "1e-4", "--progress", "false"]
 
@@ -41,9 +42,11 @@ def test_likelihood_table_resumes_and_does_not_depend_on_batch_size(toy_ckpt, tm
     parts[1].unlink()
     again, _ = _likelihood(toy_ckpt, out, "--limit", "6", "--batch-size", "4")
     np.testing.assert_array_equal(again["bpd"], res["bpd"])
-    # Another batch size: each point meets the tolerance on its own; the numbers agree to the solver's global error.
+    # Another batch size: each point meets the tolerance on its own, but the float32 network rounds differently at
+    # another batch size and the 30-step model's flow carries that to a few 1e-2 bits/dim (2.8e-2 seen on one
+    # machine; --block makes the points equal bit for bit: the next test).
     other, _ = _likelihood(toy_ckpt, tmp_path / "b", "--limit", "6", "--batch-size", "6")
-    np.testing.assert_allclose(other["bpd"], res["bpd"], atol=0.02)
+    np.testing.assert_allclose(other["bpd"], res["bpd"], atol=0.06)
     # Retrained in place: the same checkpoint path with other weights is refused, not silently resumed.
     ckpt = torch.load(toy_ckpt, map_location="cpu", weights_only=False)
     first = next(iter(ckpt["state_dict"]))
@@ -57,6 +60,29 @@ def test_likelihood_table_resumes_and_does_not_depend_on_batch_size(toy_ckpt, tm
     with pytest.raises(ValueError, match="other settings \\(rtol differ\\)"):
         run(["likelihood", "--ckpt", str(toy_ckpt), "--out", str(out), "--limit", "6", "--batch-size", "4",
               "--rtol", "1e-3", "--atol", "1e-4", "--progress", "false"])
+
+
+def test_the_checkpoint_carries_the_fitted_prior_and_the_table_shows_both_priors(toy_ckpt, tmp_path, capsys):
+    """`scoresde fit` stores the train split's Gaussian diffused to T in the checkpoint; `scoresde likelihood` uses
+    it by default and reports the same solves under N(0, I) beside it, which is what `--prior standard` reports as
+    its bits/dim."""
+    model, dm = load_model(toy_ckpt), load_data(None, str(toy_ckpt))
+    expected = diffused_prior(model.sde, *dm.train_moments())
+    assert model.fitted_prior is not None
+    assert torch.equal(model.fitted_prior.mean, expected.mean) and torch.equal(model.fitted_prior.chol, expected.chol)
+    fitted, s_fitted = _likelihood(toy_ckpt, tmp_path / "f", "--limit", "6")
+    table = capsys.readouterr().out
+    assert "the train split's Gaussian (full covariance) diffused to T (from the checkpoint)" in table and "N(0, prior_std" in table
+    standard, s_standard = _likelihood(toy_ckpt, tmp_path / "s", "--limit", "6", "--prior", "standard")
+    assert s_fitted["prior"] == "fitted" and s_standard["prior"] == "standard"
+    np.testing.assert_array_equal(standard["integral"], fitted["integral"])  # the prior does not enter the solve
+    np.testing.assert_allclose(standard["bpd"], fitted["bpd_other"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fitted["bpd"], standard["bpd_other"], rtol=0, atol=1e-6)
+    assert s_fitted["bpd_other"] == pytest.approx(s_standard["bpd"], abs=1e-6)
+    # on the VP SDE alpha_T ≈ 6.7e-3, so the two priors differ little here (by ~1e-5 nats; more on sub-VP and VE)
+    assert np.abs(fitted["prior"] - standard["prior"]).max() > 5e-6
+    with pytest.raises(ValueError, match="--prior must be fitted or standard"):
+        _likelihood(toy_ckpt, tmp_path / "x", "--limit", "6", "--prior", "data")
 
 
 def test_fixed_call_shapes_make_every_point_independent_of_the_batch_size(toy_ckpt, tmp_path):

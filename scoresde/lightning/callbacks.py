@@ -258,7 +258,8 @@ class BitsPerDimReport(L.Callback):
     Runs after every ``every_n_epochs``-th validation, with the weights validation uses (the EMA weights), and logs to
     every logger (Weights & Biases, CSV) and the progress bar. The points, dequantization draws and Hutchinson probes
     are the same at every evaluation, so the curve shows the model's change, not noise. On many devices each rank
-    takes every world-size-th point and the means are averaged (one collective, after the solves).
+    takes every world-size-th point and the means are averaged (one collective, after the solves). The prior at ``T``
+    is the module's Gaussian fitted to the train split (``ScoreModule.fitted_prior``), as in ``scoresde likelihood``.
 
     Args:
         n_points: validation points per evaluation (a quick monitor: ``scoresde likelihood`` gives the full number).
@@ -304,5 +305,6 @@ class BitsPerDimReport(L.Callback):
                 trace=trace,
                 rtol=self.rtol,
                 atol=self.atol,
+                prior=module.fitted_prior,
             )
         module.log("val/bpd", res.per_sample.mean().float(), sync_dist=True, prog_bar=True, batch_size=len(raw))

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 import lightning as L
 
 from ..analytic import GaussianMixture
+from ..likelihood import data_moments
 from ..transforms import DataTransform
 
 __all__ = [
@@ -141,6 +142,9 @@ def _split(n: int, val: int, test: int, seed: int) -> tuple[Tensor, Tensor, Tens
     return perm[val + test :], perm[:val], perm[val : val + test]
 
 
+MOMENTS_STREAM = -1  # the dequantization stream of train_moments (the likelihood runs use streams >= 0)
+
+
 class TensorDataModule(L.LightningDataModule):
     """Serves raw ``train``/``val``/``test`` tensors ``(N, *D)`` and maps each batch to model space with ``transform``.
 
@@ -157,6 +161,7 @@ class TensorDataModule(L.LightningDataModule):
     test_labels: Tensor | None = None
     num_classes: int | None = None
     """Number of classes when the splits carry labels (batches are then ``(x, y)``), else ``None``."""
+    _moments: tuple[Tensor, Tensor] | None = None
 
     def __init__(self, batch_size: int = 128, num_workers: int = 0, random_flip: bool = False) -> None:
         super().__init__()
@@ -231,6 +236,14 @@ class TensorDataModule(L.LightningDataModule):
             flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5  # horizontal, with probability 1/2
             x = torch.where(flip, x.flip(-1), x)
         return x
+
+    def train_moments(self) -> tuple[Tensor, Tensor]:
+        """Mean and covariance of the train split in model space (:func:`scoresde.likelihood.data_moments`; one fixed
+        dequantization draw for discrete data), computed once: what :class:`ScoreModule` fits its prior at ``T`` to."""
+        if self._moments is None:
+            index = torch.arange(len(self.train_raw))
+            self._moments = data_moments(self.transform.forward_points(self.train_raw, index, MOMENTS_STREAM))
+        return self._moments
 
     def real_examples(self, n: int) -> Tensor:
         """``n`` validation points in model space (for pictures next to samples)."""

@@ -18,6 +18,7 @@ import lightning as L
 
 from .._typing import ScoreFn
 from ..guidance import classifier_free, null_condition
+from ..likelihood import GaussianPrior, diffused_prior
 from ..losses import DSMLoss
 from ..noise import PerSampleNoise, index_seeds
 from ..parametrization import ScoreModel
@@ -192,11 +193,23 @@ class ScoreModule(L.LightningModule):
         self.data_shape = tuple(int(s) for s in data_shape) if data_shape is not None else None
         self.transform = transform if transform is not None else DataTransform.identity()
         self._run_seed = 0
+        self.fitted_prior: GaussianPrior | None = None
         if compile:
             net.compile()  # nn.Module.compile: the module keeps its parameters and state-dict keys
 
     def on_fit_start(self) -> None:
         self._run_seed = torch.initial_seed()  # the seed Lightning's seed_everything set (or a random one)
+        moments = getattr(getattr(self.trainer, "datamodule", None), "train_moments", None)
+        if moments is not None:  # the diffused Gaussian of the train data, the likelihood's prior at T
+            self.fitted_prior = diffused_prior(self.sde, *moments())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.fitted_prior is not None:
+            checkpoint["fitted_prior"] = self.fitted_prior.state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "fitted_prior" in checkpoint:
+            self.fitted_prior = GaussianPrior.from_state(checkpoint["fitted_prior"])
 
     @property
     def run_seed(self) -> int:

@@ -32,7 +32,15 @@ from torch import Tensor
 
 from ..._utils import atomic_path, save_npz
 from ...analytic import GaussianMixture
-from ...likelihood import Trace, gaussian_logp, log_likelihood, nats_to_bits_per_dim, resolve_trace
+from ...likelihood import (
+    GaussianPrior,
+    Trace,
+    diffused_prior,
+    gaussian_logp,
+    log_likelihood,
+    nats_to_bits_per_dim,
+    resolve_trace,
+)
 from ...metrics import mean_stderr
 from ...noise import PerSampleNoise, index_seeds
 from ...solvers.ode import check_ode_method
@@ -82,6 +90,11 @@ class LikelihoodConfig(DeviceOptions):
     n_probes: int = option(1, "Hutchinson probes per point (fixed per solve)", "--n-probes")
     repeats: int = option(1, "dequantization draws per point (the reference uses 5)")
     seed: int = option(0, "point j uses index_seeds(seed, j) for its noise")
+    prior: str = option(
+        "fitted",
+        "log p_T: 'fitted' (the train split's Gaussian diffused to T, from the checkpoint) or 'standard' (the SDE's "
+        "N(0, prior_std² I)); the table shows the other beside it",
+    )
     t_eps: float = option(1e-5, "start time of the ODE")
     method: str = option("dopri5", "ODE method (dopri5, or any torchdiffeq method with --backend torchdiffeq)")
     backend: str = option("per_sample", "dopri5 with a step size per point (per_sample) or for the block (torchdiffeq)")
@@ -114,16 +127,21 @@ class LikelihoodTask(ShardTask):
         cfg: LikelihoodConfig,
         trace: Trace,
         parts: Path,
+        fitted: GaussianPrior,
     ) -> None:
         super().__init__(len(raw), cfg.batch_size, parts)
         self.model, self.transform, self.raw, self.cfg, self.trace = model, transform, raw, cfg, trace
+        self.fitted = fitted
 
     def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
         index = torch.arange(start, start + count)
         raw = self.raw[index].to(self.device)
         cfg, dim = self.cfg, raw[0].numel()
         repeats = cfg.repeats if self.transform.stochastic else 1
-        out: dict[str, list[np.ndarray]] = {k: [] for k in ("bpd", "logp", "prior", "integral", "nfe")}
+        keys = ("bpd", "logp", "prior", "integral", "nfe", "bpd_other", "prior_other")
+        out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        priors = (self.fitted, self.model.sde.prior_logp)
+        used, other = priors if cfg.prior == "fitted" else priors[::-1]
         for r in range(repeats):
             x = self.transform.forward_points(raw, index, _stream(cfg.seed, r))
             noise = PerSampleNoise(index_seeds(_stream(cfg.seed, r) + 1, index.to(self.device)))  # Hutchinson probes
@@ -140,10 +158,19 @@ class LikelihoodTask(ShardTask):
                 probe="gaussian" if cfg.probe == "gaussian" else "rademacher",  # checked in run_likelihood
                 n_probes=cfg.n_probes,
                 noise=noise,
+                prior=used,
             )
-            for k, v in (("logp", res.logp), ("prior", res.prior), ("integral", res.integral)):
+            prior_other = other(res.z).double()
+            logp_other = prior_other + res.integral.double()
+            for k, v in (
+                ("logp", res.logp),
+                ("prior", res.prior),
+                ("integral", res.integral),
+                ("prior_other", prior_other),
+            ):
                 out[k].append(v.double().cpu().numpy())
-            out["bpd"].append(nats_to_bits_per_dim(res.logp.double(), dim, self.transform.bpd_offset).cpu().numpy())
+            for k, v in (("bpd", res.logp.double()), ("bpd_other", logp_other)):
+                out[k].append(nats_to_bits_per_dim(v, dim, self.transform.bpd_offset).cpu().numpy())
             per = res.nfe_per_sample
             out["nfe"].append(per.cpu().numpy() if per is not None else np.full(count, res.nfe))
         return {k: np.stack(v, 1) for k, v in out.items()}
@@ -168,6 +195,8 @@ def summarize(merged: dict[str, np.ndarray]) -> dict[str, float]:
     bpd = merged["bpd"].mean(1)
     s = {"n": len(bpd), "repeats": int(merged["bpd"].shape[1]), "nfe": float(merged["nfe"].mean())}
     s["bpd"], s["bpd_stderr"] = mean_stderr(bpd)
+    if "bpd_other" in merged:  # the same solves under the other prior at T
+        s["bpd_other"], s["bpd_other_stderr"] = mean_stderr(merged["bpd_other"].mean(1))
     if "gaussian_bpd" in merged:  # paired: the same points and draws under both models
         gauss = merged["gaussian_bpd"].mean(1)
         s["gaussian_bpd"], s["gaussian_bpd_stderr"] = mean_stderr(gauss)
@@ -189,6 +218,8 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     check_ode_method(cfg.method)
     if cfg.probe not in ("rademacher", "gaussian"):
         raise ValueError(f"--probe must be rademacher or gaussian, got {cfg.probe!r}")
+    if cfg.prior not in ("fitted", "standard"):
+        raise ValueError(f"--prior must be fitted or standard, got {cfg.prior!r}")
     model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config)
     dm = load_data(cfg.data, cfg.ckpt)
     if dm.transform != model.transform:
@@ -204,8 +235,11 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     trace = resolve_trace(cfg.trace, dim)
     run = manifest_record(cfg, trace=trace, n=len(raw), ckpt_sha256=CheckpointSpec.parse(cfg.ckpt).digest())
 
+    fitted, prior_source = model.fitted_prior, "from the checkpoint"
+    if fitted is None:  # a checkpoint from before fitted priors, or a pretrained model: fit it now
+        fitted, prior_source = diffused_prior(model.sde, *dm.train_moments()), "fitted now"
     out = prepare_out(cfg.out)
-    task = LikelihoodTask(model, dm.transform, raw, cfg, trace, out / "parts")
+    task = LikelihoodTask(model, dm.transform, raw, cfg, trace, out / "parts", fitted)
     # inference_mode=False: the divergence needs autograd
     merged = run_resumable(cfg, task, out / "likelihood_config.json", run, "results computed", inference_mode=False)
     if merged is None:
@@ -223,6 +257,9 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
         "levels": dm.transform.levels,
         "trace": trace,
         "split": cfg.split,
+        "prior": cfg.prior,
+        "fitted_prior": fitted.describe(),
+        "fitted_prior_source": prior_source,
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
@@ -239,6 +276,12 @@ def _table(s: dict[str, Any], dim: int) -> str:
             else f"{s['split']} ({s['n']} points, continuous data)",
         ),
         ("bits/dim", f"{s['bpd']:.4f} ± {s['bpd_stderr']:.4f} (s.e.)"),
+        ("prior at T", _prior_words(s, s["prior"])),
+        (
+            "other prior",
+            f"{s['bpd_other']:.4f} ± {s['bpd_other_stderr']:.4f}: the same solves under "
+            + _prior_words(s, "standard" if s["prior"] == "fitted" else "fitted"),
+        ),
         (
             "Gaussian fit",
             f"{s['gaussian_bpd']:.4f} ± {s['gaussian_bpd_stderr']:.4f} (full covariance, fitted to train)",
@@ -265,6 +308,12 @@ def _table(s: dict[str, Any], dim: int) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _prior_words(s: dict[str, Any], prior: str) -> str:
+    if prior == "fitted":
+        return f"N(alpha_T m, alpha_T² C + sigma_T² I), the {s['fitted_prior']} diffused to T ({s['fitted_prior_source']})"
+    return "the SDE's N(0, prior_std² I), as published numbers use"
 
 
 def likelihood_command(argv: Sequence[str]) -> dict[str, Any] | None:
