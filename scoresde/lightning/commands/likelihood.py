@@ -138,7 +138,7 @@ class LikelihoodTask(ShardTask):
         raw = self.raw[index].to(self.device)
         cfg, dim = self.cfg, raw[0].numel()
         repeats = cfg.repeats if self.transform.stochastic else 1
-        keys = ("bpd", "logp", "prior", "integral", "nfe", "bpd_other", "prior_other")
+        keys = ("bpd", "logp", "prior", "integral", "nfe", "bpd_other", "prior_other", "hutchinson_se")
         out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         priors = (self.fitted, self.model.sde.prior_logp)
         used, other = priors if cfg.prior == "fitted" else priors[::-1]
@@ -171,6 +171,10 @@ class LikelihoodTask(ShardTask):
                 out[k].append(v.double().cpu().numpy())
             for k, v in (("bpd", res.logp.double()), ("bpd_other", logp_other)):
                 out[k].append(nats_to_bits_per_dim(v, dim, self.transform.bpd_offset).cpu().numpy())
+            se = res.integral_stderr  # Hutchinson with several probes: each point's own standard error
+            out["hutchinson_se"].append(
+                (se.double() / (dim * math.log(2))).cpu().numpy() if se is not None else np.full(count, np.nan)
+            )
             per = res.nfe_per_sample
             out["nfe"].append(per.cpu().numpy() if per is not None else np.full(count, res.nfe))
         return {k: np.stack(v, 1) for k, v in out.items()}
@@ -195,6 +199,8 @@ def summarize(merged: dict[str, np.ndarray]) -> dict[str, float]:
     bpd = merged["bpd"].mean(1)
     s = {"n": len(bpd), "repeats": int(merged["bpd"].shape[1]), "nfe": float(merged["nfe"].mean())}
     s["bpd"], s["bpd_stderr"] = mean_stderr(bpd)
+    if "hutchinson_se" in merged and not np.isnan(merged["hutchinson_se"]).all():  # Hutchinson's own, per point and draw
+        s["hutchinson_stderr"] = float(np.sqrt(np.mean(merged["hutchinson_se"] ** 2)))
     if "bpd_other" in merged:  # the same solves under the other prior at T
         s["bpd_other"], s["bpd_other_stderr"] = mean_stderr(merged["bpd_other"].mean(1))
     if "gaussian_bpd" in merged:  # paired: the same points and draws under both models
@@ -304,6 +310,16 @@ def _table(s: dict[str, Any], dim: int) -> str:
         ),
         ("offset", f"{s['offset']:+.4f} bits/dim (from the data transform; D = {dim})"),
         ("trace", s["trace"]),
+        *(
+            [
+                (
+                    "Hutchinson s.e.",
+                    f"{s['hutchinson_stderr']:.4f} bits/dim per point (RMS over points; their probes' spread)",
+                )
+            ]
+            if "hutchinson_stderr" in s
+            else []
+        ),
         ("NFE (mean)", f"{s['nfe']:.1f}"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -312,7 +328,9 @@ def _table(s: dict[str, Any], dim: int) -> str:
 
 def _prior_words(s: dict[str, Any], prior: str) -> str:
     if prior == "fitted":
-        return f"N(alpha_T m, alpha_T² C + sigma_T² I), the {s['fitted_prior']} diffused to T ({s['fitted_prior_source']})"
+        return (
+            f"N(alpha_T m, alpha_T² C + sigma_T² I), the {s['fitted_prior']} diffused to T ({s['fitted_prior_source']})"
+        )
     return "the SDE's N(0, prior_std² I), as published numbers use"
 
 
