@@ -81,6 +81,12 @@ def test_the_checkpoint_carries_the_fitted_prior_and_the_table_shows_both_priors
     assert s_fitted["bpd_other"] == pytest.approx(s_standard["bpd"], abs=1e-6)
     # on the VP SDE alpha_T ≈ 6.7e-3, so the two priors differ little here (by ~1e-5 nats; more on sub-VP and VE)
     assert np.abs(fitted["prior"] - standard["prior"]).max() > 5e-6
+    # the variational bound beside the ODE value: per point with its standard error, and the paired gap
+    assert fitted["elbo_bpd"].shape == (6, 1) and (fitted["elbo_se"] > 0).all()
+    assert s_fitted["elbo_gap"] == pytest.approx((fitted["elbo_bpd"] - fitted["bpd"]).mean())
+    assert "the reverse SDE's variational bound" in table
+    with pytest.raises(ValueError, match="--elbo must be an even number"):
+        _likelihood(toy_ckpt, tmp_path / "x", "--limit", "6", "--elbo", "3")
     with pytest.raises(ValueError, match="--prior must be fitted or standard"):
         _likelihood(toy_ckpt, tmp_path / "x", "--limit", "6", "--prior", "data")
 

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..._utils import atomic_path, save_npz
 from ...analytic import GaussianMixture
+from ...elbo import elbo
 from ...likelihood import (
     GaussianPrior,
     Trace,
@@ -95,6 +96,10 @@ class LikelihoodConfig(DeviceOptions):
         "log p_T: 'fitted' (the train split's Gaussian diffused to T, from the checkpoint) or 'standard' (the SDE's "
         "N(0, prior_std² I)); the table shows the other beside it",
     )
+    elbo: int = option(
+        128,
+        "time draws per point of the continuous-time variational bound reported beside the ODE value (even; 0: off)",
+    )
     t_eps: float = option(1e-5, "start time of the ODE")
     method: str = option("dopri5", "ODE method (dopri5, or any torchdiffeq method with --backend torchdiffeq)")
     backend: str = option("per_sample", "dopri5 with a step size per point (per_sample) or for the block (torchdiffeq)")
@@ -138,7 +143,8 @@ class LikelihoodTask(ShardTask):
         raw = self.raw[index].to(self.device)
         cfg, dim = self.cfg, raw[0].numel()
         repeats = cfg.repeats if self.transform.stochastic else 1
-        keys = ("bpd", "logp", "prior", "integral", "nfe", "bpd_other", "prior_other", "hutchinson_se")
+        keys = ["bpd", "logp", "prior", "integral", "nfe", "bpd_other", "prior_other", "hutchinson_se"]
+        keys += ["elbo_bpd", "elbo_se"] if cfg.elbo else []
         out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         priors = (self.fitted, self.model.sde.prior_logp)
         used, other = priors if cfg.prior == "fitted" else priors[::-1]
@@ -175,6 +181,18 @@ class LikelihoodTask(ShardTask):
             out["hutchinson_se"].append(
                 (se.double() / (dim * math.log(2))).cpu().numpy() if se is not None else np.full(count, np.nan)
             )
+            if cfg.elbo:  # the variational bound on the same points, with its own per-point noise
+                bound = elbo(
+                    self.model.score_model,
+                    self.model.sde,
+                    x,
+                    n_t=cfg.elbo,
+                    t_eps=cfg.t_eps,
+                    prior=self.fitted if cfg.prior == "fitted" else None,
+                    noise=PerSampleNoise(index_seeds(_stream(cfg.seed, r) + 2_000_000_011, index.to(self.device))),
+                )
+                out["elbo_bpd"].append(bound.bits_per_dim(dim, self.transform.bpd_offset).double().cpu().numpy())
+                out["elbo_se"].append((bound.stderr / (dim * math.log(2))).double().cpu().numpy())
             per = res.nfe_per_sample
             out["nfe"].append(per.cpu().numpy() if per is not None else np.full(count, res.nfe))
         return {k: np.stack(v, 1) for k, v in out.items()}
@@ -199,8 +217,14 @@ def summarize(merged: dict[str, np.ndarray]) -> dict[str, float]:
     bpd = merged["bpd"].mean(1)
     s = {"n": len(bpd), "repeats": int(merged["bpd"].shape[1]), "nfe": float(merged["nfe"].mean())}
     s["bpd"], s["bpd_stderr"] = mean_stderr(bpd)
-    if "hutchinson_se" in merged and not np.isnan(merged["hutchinson_se"]).all():  # Hutchinson's own, per point and draw
+    if (
+        "hutchinson_se" in merged and not np.isnan(merged["hutchinson_se"]).all()
+    ):  # Hutchinson's own, per point and draw
         s["hutchinson_stderr"] = float(np.sqrt(np.mean(merged["hutchinson_se"] ** 2)))
+    if "elbo_bpd" in merged:  # the variational bound: its mean, and its paired gap above the ODE value
+        bound = merged["elbo_bpd"].mean(1)
+        s["elbo_bpd"], s["elbo_bpd_stderr"] = mean_stderr(bound)
+        s["elbo_gap"], s["elbo_gap_stderr"] = mean_stderr(bound - bpd)
     if "bpd_other" in merged:  # the same solves under the other prior at T
         s["bpd_other"], s["bpd_other_stderr"] = mean_stderr(merged["bpd_other"].mean(1))
     if "gaussian_bpd" in merged:  # paired: the same points and draws under both models
@@ -219,6 +243,8 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     for key in ("repeats", "n_probes", "batch_size"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.elbo < 0 or cfg.elbo % 2:
+        raise ValueError(f"--elbo must be an even number of time draws (0: off), got {cfg.elbo}")
     if cfg.limit is not None and cfg.limit < 1:
         raise ValueError(f"--limit must be a positive number of points, got {cfg.limit}")
     check_ode_method(cfg.method)
@@ -287,6 +313,17 @@ def _table(s: dict[str, Any], dim: int) -> str:
             "other prior",
             f"{s['bpd_other']:.4f} ± {s['bpd_other_stderr']:.4f}: the same solves under "
             + _prior_words(s, "standard" if s["prior"] == "fitted" else "fitted"),
+        ),
+        *(
+            [
+                (
+                    "ELBO",
+                    f"{s['elbo_bpd']:.4f} ± {s['elbo_bpd_stderr']:.4f}: the reverse SDE's variational bound (same "
+                    f"prior), {s['elbo_gap']:+.4f} ± {s['elbo_gap_stderr']:.4f} from the ODE value (paired s.e.)",
+                )
+            ]
+            if "elbo_bpd" in s
+            else []
         ),
         (
             "Gaussian fit",
