@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -31,6 +31,9 @@ from torch import Tensor
 from ._typing import NoiseFn, ScoreFn
 from ._utils import check_batch
 from .sde import SDE
+
+if TYPE_CHECKING:
+    from .dequantize import Dequantizer
 from .solvers.ode import ADAPTIVE_METHODS, check_ode_method
 from .transforms import DataTransform
 
@@ -525,22 +528,36 @@ def bits_per_dim(
     *,
     repeats: int = 1,
     generator: torch.Generator | None = None,
+    dequantizer: Dequantizer | None = None,
     **likelihood_options: Any,
 ) -> BitsPerDim:
-    """Bits/dim of raw data ``raw: (N, *D)`` under the model, ``-log p(z) / (D ln 2) + transform.bpd_offset``.
+    """Bits/dim of raw data ``raw: (N, *D)`` under the model, ``-(log p(z) - log q(u | raw)) / (D ln 2) +
+    transform.bpd_offset``.
 
     ``z = transform.forward(raw)`` is redrawn ``repeats`` times for dequantized discrete data (the reference averages
-    5 passes); for continuous data the draws are identical, so one is made. ``likelihood_options`` go to
-    :func:`log_likelihood` (``trace``, ``rtol``, ...). For datasets, batch ``raw`` yourself or use ``scoresde
-    likelihood``, which also runs on several devices.
+    5 passes); for continuous data the draws are identical, so one is made. ``dequantizer`` draws ``u`` and gives
+    ``log q`` (:mod:`scoresde.dequantize`: truncated-normal or a trained variational one); ``None`` is the
+    transform's uniform dequantization (``log q = 0``). ``likelihood_options`` go to :func:`log_likelihood`
+    (``trace``, ``rtol``, ...). For datasets, batch ``raw`` yourself or use ``scoresde likelihood``, which also runs
+    on several devices.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if dequantizer is not None and not transform.stochastic:
+        raise ValueError(f"a dequantizer needs dequantized discrete data; the transform is {transform}")
     draws = repeats if transform.stochastic else 1
     bpd, nfe = [], []
     for _ in range(draws):
-        z = transform.forward(raw, generator=generator)
+        log_q: Tensor | float = 0.0
+        if dequantizer is None:
+            z = transform.forward(raw, generator=generator)
+        else:
+            device = generator.device if generator is not None else raw.device
+            normal = torch.randn(raw.shape, generator=generator, dtype=torch.float64, device=device).to(raw.device)
+            u, log_q = dequantizer.sample(raw, normal)
+            z = transform.forward(raw, u=u.detach())
+            log_q = log_q.detach()
         res = log_likelihood(score_fn, sde, z, generator=generator, **likelihood_options)
-        bpd.append(res.bits_per_dim(transform.bpd_offset))
+        bpd.append(nats_to_bits_per_dim(res.logp.double() - log_q, res.z[0].numel(), transform.bpd_offset))
         nfe.append(torch.full_like(res.logp, res.nfe))
     return BitsPerDim(bpd=torch.stack(bpd), nfe=torch.stack(nfe), offset=transform.bpd_offset)

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .noise import PerSampleNoise, index_seeds
+
+if TYPE_CHECKING:
+    from .dequantize import Dequantizer
 
 __all__ = ["DataTransform", "uniform_from_normal"]
 
@@ -138,6 +142,18 @@ class DataTransform:
         return self.forward(
             raw, u=uniform_from_normal(PerSampleNoise(index_seeds(seed, index.to(raw.device)))(raw.double()))
         )
+
+    def dequantize_points(
+        self, raw: Tensor, index: Tensor, seed: int, dequantizer: Dequantizer | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward_points` with ``u`` drawn by ``dequantizer`` (:mod:`scoresde.dequantize`) from the same
+        per-point normal streams, and ``log q(u | raw)``: ``(N,)`` float64, to subtract from ``log p(z)``. ``None``
+        (or continuous data) is :meth:`forward_points` with ``log q = 0``."""
+        zero = torch.zeros(raw.shape[0], dtype=torch.float64, device=raw.device)
+        if dequantizer is None or not self.stochastic:
+            return self.forward_points(raw, index, seed), zero
+        u, log_q = dequantizer.sample(raw, PerSampleNoise(index_seeds(seed, index.to(raw.device)))(raw.double()))
+        return self.forward(raw, u=u.detach()), log_q.detach().double()
 
     def raw_to_unit(self, raw: Tensor) -> Tensor:
         """Raw data (the dataset's units) → ``[0, 1]`` for pictures: ``raw / (levels - 1)`` for discrete data, the

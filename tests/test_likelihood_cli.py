@@ -130,6 +130,18 @@ def test_digits_bits_per_dim_with_repeats_and_offset(digits_ckpt, tmp_path):
     assert summary["gaussian_bpd"] == pytest.approx(res["gaussian_bpd"].mean())
 
 
+def test_truncated_normal_dequantization_subtracts_log_q(digits_ckpt, tmp_path):
+    res, summary = _likelihood(digits_ckpt, tmp_path / "tn", "--limit", "3", "--trace", "hutchinson", "--elbo", "0",
+                               "--dequantization", "truncated_normal:0.25")
+    assert summary["dequantization"] == "TruncatedNormalDequantizer(std=0.25)"
+    assert (res["log_q"] != 0).all()  # a density on the bin other than 1
+    np.testing.assert_allclose(res["bpd"], -(res["prior"] + res["integral"] - res["log_q"]) / (64 * math.log(2))
+                               + summary["offset"], rtol=1e-6)
+    for bad in ("gaussian", "truncated_normal:-1"):
+        with pytest.raises(ValueError, match="--dequantization"):
+            _likelihood(digits_ckpt, tmp_path / "bad", "--limit", "3", "--dequantization", bad)
+
+
 def test_gaussian_baseline_is_the_exact_fitted_density():
     from scipy.stats import multivariate_normal
 

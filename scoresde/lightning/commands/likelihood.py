@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..._utils import atomic_path, save_npz
 from ...analytic import GaussianMixture
+from ...dequantize import Dequantizer, TruncatedNormalDequantizer
 from ...elbo import elbo
 from ...likelihood import (
     GaussianPrior,
@@ -96,6 +97,10 @@ class LikelihoodConfig(DeviceOptions):
         "log p_T: 'fitted' (the train split's Gaussian diffused to T, from the checkpoint) or 'standard' (the SDE's "
         "N(0, prior_std² I)); the table shows the other beside it",
     )
+    dequantization: str = option(
+        "uniform",
+        "discrete data: uniform, or truncated_normal[:std] (a normal around the bin centre, std 0.3 by default)",
+    )
     elbo: int = option(
         128,
         "time draws per point of the continuous-time variational bound reported beside the ODE value (even; 0: off)",
@@ -133,23 +138,24 @@ class LikelihoodTask(ShardTask):
         trace: Trace,
         parts: Path,
         fitted: GaussianPrior,
+        dequantizer: Dequantizer | None,
     ) -> None:
         super().__init__(len(raw), cfg.batch_size, parts)
         self.model, self.transform, self.raw, self.cfg, self.trace = model, transform, raw, cfg, trace
-        self.fitted = fitted
+        self.fitted, self.dequantizer = fitted, dequantizer
 
     def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
         index = torch.arange(start, start + count)
         raw = self.raw[index].to(self.device)
         cfg, dim = self.cfg, raw[0].numel()
         repeats = cfg.repeats if self.transform.stochastic else 1
-        keys = ["bpd", "logp", "prior", "integral", "nfe", "bpd_other", "prior_other", "hutchinson_se"]
+        keys = ["bpd", "logp", "log_q", "prior", "integral", "nfe", "bpd_other", "prior_other", "hutchinson_se"]
         keys += ["elbo_bpd", "elbo_se"] if cfg.elbo else []
         out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         priors = (self.fitted, self.model.sde.prior_logp)
         used, other = priors if cfg.prior == "fitted" else priors[::-1]
         for r in range(repeats):
-            x = self.transform.forward_points(raw, index, _stream(cfg.seed, r))
+            x, log_q = self.transform.dequantize_points(raw, index, _stream(cfg.seed, r), self.dequantizer)
             noise = PerSampleNoise(index_seeds(_stream(cfg.seed, r) + 1, index.to(self.device)))  # Hutchinson probes
             res = log_likelihood(
                 self.model.score_model,
@@ -170,12 +176,13 @@ class LikelihoodTask(ShardTask):
             logp_other = prior_other + res.integral.double()
             for k, v in (
                 ("logp", res.logp),
+                ("log_q", log_q),
                 ("prior", res.prior),
                 ("integral", res.integral),
                 ("prior_other", prior_other),
             ):
                 out[k].append(v.double().cpu().numpy())
-            for k, v in (("bpd", res.logp.double()), ("bpd_other", logp_other)):
+            for k, v in (("bpd", res.logp.double() - log_q), ("bpd_other", logp_other - log_q)):
                 out[k].append(nats_to_bits_per_dim(v, dim, self.transform.bpd_offset).cpu().numpy())
             se = res.integral_stderr  # Hutchinson with several probes: each point's own standard error
             out["hutchinson_se"].append(
@@ -191,25 +198,46 @@ class LikelihoodTask(ShardTask):
                     prior=self.fitted if cfg.prior == "fitted" else None,
                     noise=PerSampleNoise(index_seeds(_stream(cfg.seed, r) + 2_000_000_011, index.to(self.device))),
                 )
-                out["elbo_bpd"].append(bound.bits_per_dim(dim, self.transform.bpd_offset).double().cpu().numpy())
+                bound_bpd = nats_to_bits_per_dim(bound.logp.double() - log_q, dim, self.transform.bpd_offset)
+                out["elbo_bpd"].append(bound_bpd.cpu().numpy())
                 out["elbo_se"].append((bound.stderr / (dim * math.log(2))).double().cpu().numpy())
             per = res.nfe_per_sample
             out["nfe"].append(per.cpu().numpy() if per is not None else np.full(count, res.nfe))
         return {k: np.stack(v, 1) for k, v in out.items()}
 
 
-def gaussian_baseline(transform: DataTransform, train: Tensor, raw: Tensor, seed: int, repeats: int) -> np.ndarray:
+def gaussian_baseline(
+    transform: DataTransform,
+    train: Tensor,
+    raw: Tensor,
+    seed: int,
+    repeats: int,
+    dequantizer: Dequantizer | None = None,
+) -> np.ndarray:
     """Bits/dim ``(N, R)`` of ``raw`` under the Gaussian fitted to ``train`` (one draw), with the same dequantization
-    draws as the model's run."""
+    draws (and ``log q``) as the model's run."""
     fit = transform.forward_points(train, torch.arange(len(train)), seed * 1_000_003 - 1)
     index, dim = torch.arange(len(raw)), raw[0].numel()
-    bpd = [
-        nats_to_bits_per_dim(
-            gaussian_logp(fit, transform.forward_points(raw, index, _stream(seed, r))), dim, transform.bpd_offset
-        )
-        for r in range(repeats)
-    ]
+    bpd = []
+    for r in range(repeats):
+        z, log_q = transform.dequantize_points(raw, index, _stream(seed, r), dequantizer)
+        bpd.append(nats_to_bits_per_dim(gaussian_logp(fit, z) - log_q, dim, transform.bpd_offset))
     return torch.stack(bpd, 1).numpy()
+
+
+def parse_dequantization(spec: str, transform: DataTransform) -> Dequantizer | None:
+    """``--dequantization``: ``uniform`` (``None``: the transform's own) or ``truncated_normal[:std]``."""
+    name, _, arg = spec.partition(":")
+    if name == "uniform" and not arg:
+        return None
+    if name != "truncated_normal":
+        raise ValueError(f"--dequantization must be uniform or truncated_normal[:std], got {spec!r}")
+    if not transform.stochastic:
+        raise ValueError(f"--dequantization {spec} needs dequantized discrete data; this data is {transform}")
+    try:
+        return TruncatedNormalDequantizer(float(arg) if arg else 0.3)
+    except ValueError as err:
+        raise ValueError(f"--dequantization {spec}: {err}") from None
 
 
 def summarize(merged: dict[str, np.ndarray]) -> dict[str, float]:
@@ -271,13 +299,14 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     if fitted is None:  # a checkpoint from before fitted priors, or a pretrained model: fit it now
         fitted, prior_source = diffused_prior(model.sde, *dm.train_moments()), "fitted now"
     out = prepare_out(cfg.out)
-    task = LikelihoodTask(model, dm.transform, raw, cfg, trace, out / "parts", fitted)
+    dequantizer = parse_dequantization(cfg.dequantization, dm.transform)
+    task = LikelihoodTask(model, dm.transform, raw, cfg, trace, out / "parts", fitted, dequantizer)
     # inference_mode=False: the divergence needs autograd
     merged = run_resumable(cfg, task, out / "likelihood_config.json", run, "results computed", inference_mode=False)
     if merged is None:
         return None
     merged["gaussian_bpd"] = gaussian_baseline(
-        dm.transform, split_of(dm, "train"), raw, cfg.seed, merged["bpd"].shape[1]
+        dm.transform, split_of(dm, "train"), raw, cfg.seed, merged["bpd"].shape[1], dequantizer
     )
     target = getattr(dm, "target", None)
     if isinstance(target, GaussianMixture) and dm.transform.levels is None:  # data drawn from a known density
@@ -290,6 +319,7 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
         "trace": trace,
         "split": cfg.split,
         "prior": cfg.prior,
+        "dequantization": repr(dequantizer) if dequantizer is not None else "uniform",
         "fitted_prior": fitted.describe(),
         "fitted_prior_source": prior_source,
     }
@@ -343,6 +373,11 @@ def _table(s: dict[str, Any], dim: int) -> str:
                 )
             ]
             if "exact_bpd" in s
+            else []
+        ),
+        *(
+            [("dequantization", f"{s['dequantization']}; log q(u | x) subtracted from log p")]
+            if s["levels"] is not None
             else []
         ),
         ("offset", f"{s['offset']:+.4f} bits/dim (from the data transform; D = {dim})"),
