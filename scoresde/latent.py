@@ -42,10 +42,13 @@ def _flow(
     rtol: float,
     atol: float,
     method_options: dict[str, Any] | None,
+    backend: str = "torchdiffeq",
 ) -> Tensor:
     """The probability-flow ODE from ``t0`` to ``t1`` by the ``ode`` solver (per-sample error norm): ``(B, *D)``."""
     check_batch(x)
-    solver = ProbabilityFlow(method=method, rtol=rtol, atol=atol, method_options=dict(method_options or {}))
+    solver = ProbabilityFlow(
+        method=method, rtol=rtol, atol=atol, method_options=dict(method_options or {}), backend=backend
+    )
     ts = torch.tensor([t0, t1], dtype=torch.float64)
     return solver.integrate(score_fn, sde, x, ts, noise=_no_noise, every_step=False)[-1]
 
@@ -60,10 +63,14 @@ def encode(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     method_options: dict[str, Any] | None = None,
+    backend: str = "torchdiffeq",
 ) -> Tensor:
-    """Data ``x: (B, *D)`` (at time ``t_eps``) → latents ``z = x_T: (B, *D)`` along the probability-flow ODE."""
+    """Data ``x: (B, *D)`` (at time ``t_eps``) → latents ``z = x_T: (B, *D)`` along the probability-flow ODE.
+
+    ``backend="per_sample"`` (dopri5) gives every sample its own steps, so its latent does not depend on its batch
+    (no gradients through it); ``"torchdiffeq"`` is differentiable."""
     check_t_eps(sde, t_eps)
-    return _flow(score_fn, sde, x, t_eps, sde.T, method, rtol, atol, method_options)
+    return _flow(score_fn, sde, x, t_eps, sde.T, method, rtol, atol, method_options, backend)
 
 
 def decode(
@@ -76,10 +83,12 @@ def decode(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     method_options: dict[str, Any] | None = None,
+    backend: str = "torchdiffeq",
 ) -> Tensor:
-    """Latents ``z: (B, *D)`` at ``T`` → data at ``t_eps``: the inverse of :func:`encode` (up to solver error)."""
+    """Latents ``z: (B, *D)`` at ``T`` → data at ``t_eps``: the inverse of :func:`encode` (up to solver error;
+    ``backend`` as there)."""
     check_t_eps(sde, t_eps)
-    return _flow(score_fn, sde, z, sde.T, t_eps, method, rtol, atol, method_options)
+    return _flow(score_fn, sde, z, sde.T, t_eps, method, rtol, atol, method_options, backend)
 
 
 def _pair(z0: Tensor, z1: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -136,30 +136,51 @@ def image_panels(
 
 def plot_interpolation(
     paths: dict[str, Tensor],
+    latents: dict[str, Tensor],
     bpd: dict[str, np.ndarray],
     weights: np.ndarray,
     path: str | os.PathLike,
     *,
+    exact_bpd: dict[str, np.ndarray] | None = None,
     data: Tensor | None = None,
+    prior: Tensor | None = None,
     title: str = "",
+    footer: str = "",
 ) -> Path:
-    """One panel per interpolation (``paths[label]``: ``(K, M, 2)`` points drawn as paths over ``data``, or
-    ``(K, M, C, H, W)`` images in ``[0, 1]`` as strips, a row per pair) and one of bits/dim along the path
-    (``bpd[label]``: ``(K, M)``; mean over pairs ± standard error)."""
+    """The interpolation study: a column per interpolation (``label``: kind and temperature), side by side, with
+    three rows:
+
+    * data space: ``paths[label]`` ``(K, M, 2)`` drawn as paths over ``data``, or ``(K, M, C, H, W)`` images in
+      ``[0, 1]`` as strips (a row per pair);
+    * latent space: ``latents[label]`` ``(K, M, *D)``, for 2-D as paths over ``prior`` draws, else each path's norm
+      ``‖z‖/√D`` against the weight with the prior's ``±2`` standard-deviation band of that norm;
+    * bits/dim of every decoded point, one curve per pair (``bpd[label]``: ``(K, M)``), with the data's exact
+      bits/dim at the same points dashed where the density is known (``exact_bpd``).
+
+    ``footer`` holds the run's metadata (checkpoint, tolerances, evaluations)."""
     plt = _pyplot()
     labels = list(paths)
-    fig, axes = plt.subplots(1, len(labels) + 1, figsize=(4.2 * (len(labels) + 1), 4.4), squeeze=False)
-    for ax, label in zip(axes[0], labels):
+    n = len(labels)
+    fig, axes = plt.subplots(3, n, figsize=(4.0 * n, 11.5), squeeze=False)
+    b_all = np.concatenate([np.asarray(bpd[lab]).ravel() for lab in labels])
+    if exact_bpd:
+        b_all = np.concatenate([b_all, *[np.asarray(v).ravel() for v in exact_bpd.values()]])
+    lo, hi = np.nanpercentile(b_all, 1), np.nanpercentile(b_all, 99)
+    pad = 0.08 * (hi - lo + 1e-9)
+    for col, label in enumerate(labels):
         p = paths[label].detach().cpu().double()
+        K = p.shape[0]
+        colors = [plt.cm.tab10(k % 10) for k in range(K)]
+        ax = axes[0, col]
         if p.ndim == 3:  # 2-D points
             if data is not None:
                 d = data.detach().cpu().double().numpy()[:4000]
-                ax.scatter(d[:, 0], d[:, 1], s=2, c="0.7", linewidths=0)
+                ax.scatter(d[:, 0], d[:, 1], s=2, c="0.75", linewidths=0)
             for k, pk in enumerate(p.numpy()):
-                ax.plot(pk[:, 0], pk[:, 1], "-o", ms=3, lw=1, color=plt.cm.tab10(k % 10))
+                ax.plot(pk[:, 0], pk[:, 1], "-o", ms=3, lw=1, color=colors[k])
             ax.set_aspect("equal")
         else:
-            K, M = p.shape[:2]
+            M = p.shape[1]
             tiled = _tile(p.reshape(K * M, *p.shape[2:]).clamp(0, 1).numpy(), M)
             ax.imshow(
                 tiled.squeeze(-1) if tiled.shape[-1] == 1 else tiled,
@@ -168,19 +189,43 @@ def plot_interpolation(
                 vmax=1,
             )
             ax.axis("off")
-        ax.set_title(label)
-    ax = axes[0, -1]
-    for label in labels:
+        ax.set_title(f"{label}: data space", fontsize=10)
+        ax = axes[1, col]
+        z = latents[label].detach().cpu().double()
+        D = z[0, 0].numel()
+        if D == 2:
+            if prior is not None:
+                q = prior.detach().cpu().double().numpy()[:4000]
+                ax.scatter(q[:, 0], q[:, 1], s=2, c="0.75", linewidths=0)
+            for k, zk in enumerate(z.reshape(K, -1, 2).numpy()):
+                ax.plot(zk[:, 0], zk[:, 1], "-o", ms=3, lw=1, color=colors[k])
+            ax.set_aspect("equal")
+        else:
+            norms = z.reshape(K, z.shape[1], -1).norm(dim=2).numpy() / np.sqrt(D)
+            band = 2 * np.sqrt(1 / (2 * D))  # ‖z‖/√D of a prior draw: about 1 ± √(1/(2D))
+            ax.axhspan(1 - band, 1 + band, color="0.85", label="prior draws (±2 s.d.)")
+            for k in range(K):
+                ax.plot(weights, norms[k], "-o", ms=3, lw=1, color=colors[k])
+            ax.set_xlabel("interpolation weight")
+            ax.set_ylabel("‖z‖ / √D")
+            ax.legend(fontsize=7, loc="lower center")
+        ax.set_title("latent space (x_T)", fontsize=10)
+        ax = axes[2, col]
         b = np.asarray(bpd[label])
-        mean, se = b.mean(0), b.std(0, ddof=1) / np.sqrt(len(b)) if len(b) > 1 else np.zeros(b.shape[1])
-        ax.plot(weights, mean, "-o", ms=3, label=label)
-        ax.fill_between(weights, mean - se, mean + se, alpha=0.2)
-    ax.set_xlabel("interpolation weight")
-    ax.set_ylabel("bits/dim of the decoded point")
-    ax.set_title("likelihood along the path (mean ± s.e. over pairs)")
-    ax.legend(fontsize=8)
+        for k in range(K):
+            ax.plot(weights, b[k], "-o", ms=3, lw=1.2, color=colors[k], label="model" if k == 0 else None)
+            if exact_bpd is not None and label in exact_bpd:
+                ax.plot(weights, exact_bpd[label][k], "--", lw=1.2, color=colors[k], label="exact" if k == 0 else None)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlabel("interpolation weight")
+        ax.set_ylabel("bits/dim of the decoded point")
+        ax.set_title("likelihood along each path", fontsize=10)
+        ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
+    if footer:
+        fig.text(0.01, 0.005, footer, fontsize=7, family="monospace", va="bottom")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     return save_figure(fig, path)
 
 

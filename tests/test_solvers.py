@@ -59,6 +59,7 @@ GENEROUS = {
     "pc-annealed": ("pc", {"corrector": "annealed_langevin"}, 100, "uniform"),
     "pc-langevin": ("pc", {}, 100, "uniform"),
     "ode-dopri5": ("ode", {}, 1, "uniform"),
+    "ode-per-sample": ("ode", {"backend": "per_sample"}, 1, "uniform"),
     "ode-rk4": ("ode", {"method": "rk4"}, 20, "log_snr"),
     "ddim": ("ddim", {}, 100, "log_snr"),
     "ddim-eta1": ("ddim", {"eta": 1.0}, 200, "uniform"),
@@ -124,14 +125,15 @@ def test_every_solver_reaches_the_noise_floor(config, case):
     _assert_at_floor([_run(gm, sde, config, seed=s).x for s in (0, 1)], gm)
 
 
-def test_adaptive_ode_error_shrinks_with_tolerance():
+@pytest.mark.parametrize("config", ["ode-dopri5", "ode-per-sample"])
+def test_adaptive_ode_error_shrinks_with_tolerance(config):
     gm, sde = CASES["ring-vp"]
-    res = [_run(gm, sde, "ode-dopri5", n=20_000, rtol=tol, atol=tol) for tol in (3e-1, 1e-5)]
+    res = [_run(gm, sde, config, n=20_000, rtol=tol, atol=tol) for tol in (3e-1, 1e-5)]
     fd = [frechet_gaussian(r.x, gm.mean, gm.cov) for r in res]
     assert res[0].nfe < res[1].nfe and fd[0] > 3 * fd[1], (fd, [r.nfe for r in res])
 
 
-@pytest.mark.parametrize("config", [c for c in GENEROUS if c not in ("ode-dopri5", "adaptive_sde")])
+@pytest.mark.parametrize("config", [c for c in GENEROUS if c not in ("ode-dopri5", "ode-per-sample", "adaptive_sde")])
 def test_sample_error_shrinks_as_steps_grow(config):
     """With a twentieth of the generous steps the Fréchet distance (20,000 samples, same seeds) is well above the
     generous setting's."""
@@ -341,8 +343,8 @@ def test_same_seeds_same_samples_and_batch_size_does_not_change_a_sample(config)
     if get_solver(name, **opts).per_sample_noise:
         head = sample(f, sde, (2, 1, 8, 8), seeds=derive_seeds(3, 0, 2), **kw).x
         tail = sample(f, sde, (4, 1, 8, 8), seeds=derive_seeds(3, 2, 4), **kw).x
-        # An adaptive ODE solve shares its step sequence across the batch, so there a sample is batch-independent
-        # only to the solver tolerance.
+        # An adaptive ODE solve through torchdiffeq shares its step sequence across the batch, so there a sample is
+        # batch-independent only to the solver tolerance; with a step size per sample (ode-per-sample) it is exact.
         tol = 1e-3 if config == "ode-dopri5" else 1e-10
         assert torch.allclose(torch.cat([head, tail]), a, atol=tol, rtol=tol)
     c = sample(f, sde, (6, 1, 8, 8), seeds=derive_seeds(4, 0, 6), **kw).x

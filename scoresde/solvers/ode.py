@@ -45,12 +45,16 @@ class ProbabilityFlow(IntegratorSolver):
         method: a torchdiffeq method name.
         rtol, atol: tolerances of adaptive methods.
         method_options: extra torchdiffeq options (e.g. ``{"first_step": 1e-3}``).
+        backend: ``"torchdiffeq"`` (one step size for the batch, differentiable) or ``"per_sample"`` (dopri5 only:
+            :func:`scoresde.integrate.solve_per_sample`, a step size per sample from each grid time to the next, so
+            a sample's trajectory does not depend on its batch; no gradients through the solve).
     """
 
     method: str = "dopri5"
     rtol: float = 1e-5
     atol: float = 1e-5
     method_options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "torchdiffeq"
 
     stochastic = False
     _FIXED: ClassVar[dict[str, tuple[int, int]]] = {  # method: (order, NFE per step)
@@ -64,6 +68,10 @@ class ProbabilityFlow(IntegratorSolver):
 
     def __post_init__(self) -> None:
         check_ode_method(self.method)
+        if self.backend not in ("torchdiffeq", "per_sample"):
+            raise ValueError(f"unknown backend {self.backend!r}; use 'torchdiffeq' or 'per_sample' (dopri5)")
+        if self.backend == "per_sample" and (self.method != "dopri5" or self.method_options):
+            raise ValueError("backend='per_sample' is dopri5 with rtol/atol only (no other method, no method_options)")
         if self.adaptive and not (self.rtol > 0 and self.atol > 0):
             raise ValueError(f"rtol and atol must be positive, got rtol={self.rtol}, atol={self.atol}")
 
@@ -81,7 +89,7 @@ class ProbabilityFlow(IntegratorSolver):
 
     @property
     def name(self) -> str:
-        return f"ode({self.method})"
+        return f"ode({self.method}{', per sample' if self.backend == 'per_sample' else ''})"
 
     def integrate(
         self, score_fn: ScoreFn, sde: SDE, x: Tensor, timesteps: Tensor, noise: NoiseFn, every_step: bool
@@ -94,10 +102,12 @@ class ProbabilityFlow(IntegratorSolver):
         # evaluation lies beyond it (below it a learned score can blow up: sigma -> 0 as t -> 0).
         lo, hi = float(grid.min()), float(grid.max())
 
-        def velocity(t: Tensor, y: Tensor) -> Tensor:
+        def velocity(t: Tensor, y: Tensor) -> Tensor:  # t: a scalar (torchdiffeq) or one time per row
             return flow.drift(y, t.to(torch.float64).expand(y.shape[0]).clamp(lo, hi))
 
         query = grid if every_step else grid[[0, -1]]
+        if self.backend == "per_sample":
+            return self._per_sample(velocity, x, query)
         options = dict(self.method_options)
         if self.adaptive:
             options.setdefault("norm", per_sample_rms_norm)
@@ -108,3 +118,19 @@ class ProbabilityFlow(IntegratorSolver):
         if "step_size" not in options:  # step exactly on the grid, unless a step size was asked for
             options.setdefault("grid_constructor", lambda f, y0, t: grid.to(t.dtype))
         return odeint(velocity, x, query, method=self.method, options=options)
+
+    def _per_sample(self, velocity: Any, x: Tensor, query: Tensor) -> Tensor:
+        """The states at every ``query`` time ``(len(query), B, *D)``, each sample with its own steps between them."""
+        from ..integrate import solve_per_sample
+
+        shape = x.shape[1:]
+
+        def rhs(t: Tensor, y: Tensor, rows: Tensor) -> Tensor:
+            return velocity(t, y.reshape(len(y), *shape)).flatten(1)
+
+        states, y = [x], x.flatten(1)
+        with torch.no_grad():
+            for a, b in zip(query[:-1].tolist(), query[1:].tolist()):
+                y = solve_per_sample(rhs, y, a, b, rtol=self.rtol, atol=self.atol).y
+                states.append(y.reshape(x.shape))
+        return torch.stack(states)
