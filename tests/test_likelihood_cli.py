@@ -112,6 +112,11 @@ def test_likelihood_on_two_processes_matches_one(toy_ckpt, tmp_path):
                          "--accelerator", "cpu", "--strategy", "ddp_fork")
     assert list(two["index"]) == list(range(7))
     np.testing.assert_array_equal(two["bpd"], one["bpd"])  # the same blocks of points are solved: equal bit for bit
+    # With fixed call shapes, each point alone on one process equals it in blocks of 3 across two, bit for bit.
+    alone, _ = _likelihood(toy_ckpt, tmp_path / "alone", "--limit", "7", "--batch-size", "1", "--block", "64")
+    spread, _ = _likelihood(toy_ckpt, tmp_path / "spread", "--limit", "7", "--batch-size", "3", "--block", "64",
+                            "--devices", "2", "--accelerator", "cpu", "--strategy", "ddp_fork")
+    np.testing.assert_array_equal(spread["bpd"], alone["bpd"])
 
 
 def test_digits_bits_per_dim_with_repeats_and_offset(digits_ckpt, tmp_path):
