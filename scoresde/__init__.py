@@ -7,7 +7,6 @@ The core (SDEs, analytic targets, parameterization, losses, solvers, sampling, l
 from importlib.metadata import PackageNotFoundError, version
 
 from .analytic import GaussianMixture as GaussianMixture
-from .elbo import elbo as elbo
 from .latent import decode as decode
 from .latent import encode as encode
 from .latent import interpolate as interpolate
@@ -31,6 +30,7 @@ from .solvers import Solver as Solver
 from .solvers import get_solver as get_solver
 from .solvers import register_solver as register_solver
 from .transforms import DataTransform as DataTransform
+from .variational import elbo as elbo
 
 try:
     __version__ = version("scoresde")

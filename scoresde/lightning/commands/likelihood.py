@@ -33,7 +33,6 @@ from torch import Tensor
 from ..._utils import atomic_path, save_npz
 from ...analytic import GaussianMixture
 from ...dequantize import Dequantizer, TruncatedNormalDequantizer
-from ...elbo import elbo
 from ...likelihood import (
     GaussianPrior,
     Trace,
@@ -47,6 +46,7 @@ from ...metrics import mean_stderr
 from ...noise import PerSampleNoise, index_seeds
 from ...solvers.ode import check_ode_method
 from ...transforms import DataTransform
+from ...variational import elbo
 from ..module import ScoreModule
 from ._common import (
     CKPT_HELP,

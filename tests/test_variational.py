@@ -1,4 +1,4 @@
-"""The continuous-time variational bound (``scoresde.elbo``) against exact densities.
+"""The continuous-time variational bound (``scoresde.variational.elbo``) against exact densities.
 
 With the exact score the reverse SDE's marginal is the data's, so the bound is tight: with the exact ``p_T`` as prior
 it equals ``-log p_eps(x)`` per point up to ``O(sigma_eps²)``, and with ``N(0, I)`` its mean over the data equals the
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, GaussianMixture, SubVPSDE, log_likelihood
-from scoresde.elbo import elbo
+from scoresde.variational import elbo
 from scoresde.noise import PerSampleNoise, derive_seeds
 
 F64 = torch.float64

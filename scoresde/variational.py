@@ -22,7 +22,7 @@ the same mean. The first has little variance at low SNR (``eps_hat ≈ eps``), t
 leaves the mean unchanged.
 
 With the exact score and the exact ``p_T`` as ``pi`` the bound is tight: ``L(x) = E[-log p_eps(x_eps)]`` over
-``x_eps ~ N(alpha_eps x, sigma_eps² I)``, i.e. ``-log p_eps(x)`` up to ``O(sigma_eps²)`` (``tests/test_elbo.py``
+``x_eps ~ N(alpha_eps x, sigma_eps² I)``, i.e. ``-log p_eps(x)`` up to ``O(sigma_eps²)`` (``tests/test_variational.py``
 checks it on the analytic mixtures). With any other score the bound lies above the data's entropy.
 """
 
