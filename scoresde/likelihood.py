@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ._typing import NoiseFn, ScoreFn
 from ._utils import check_batch
+from .noise import standard_normal
 from .sde import SDE
 
 if TYPE_CHECKING:
@@ -149,27 +150,36 @@ class GaussianPrior:
     def from_state(cls, state: dict[str, Tensor]) -> GaussianPrior:
         return cls(state["mean"].double(), state["chol"].double())
 
-    def describe(self) -> str:
-        return f"train split's Gaussian ({'full' if self.chol.ndim == 2 else 'diagonal'} covariance)"
-
 
 FULL_COVARIANCE_MAX_DIM = 4096  # data_moments keeps a full covariance up to this many dims (a diagonal above)
 
 
-def data_moments(x: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+def data_moments(
+    x: Tensor, chunk: int = 4096, prepare: Callable[[Tensor, Tensor], Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """Mean ``(D,)`` and maximum-likelihood covariance of ``x: (N, *D)`` in float64, accumulated ``chunk`` rows at a
-    time: ``(D, D)`` when ``N > D <= FULL_COVARIANCE_MAX_DIM``, else the variances ``(D,)`` (a diagonal covariance)."""
+    time: ``(D, D)`` when ``N > D <= FULL_COVARIANCE_MAX_DIM``, else the variances ``(D,)`` (a diagonal covariance).
+
+    ``prepare(rows, index)`` maps each chunk first (rows and their indices in ``x``; e.g. raw data to model space),
+    so that only one chunk at a time is held in float64."""
     N, D = x.shape[0], x[0].numel()
     if N < 2:
         raise ValueError(f"moments need at least 2 points, got {N}")
     full = D < N and D <= FULL_COVARIANCE_MAX_DIM
-    shift = x[0].flatten().double()  # centring on a data point keeps the sums small
     total = torch.zeros(D, dtype=torch.float64, device=x.device)
     second = torch.zeros((D, D) if full else (D,), dtype=torch.float64, device=x.device)
-    for rows in x.split(chunk):
-        c = rows.flatten(1).double() - shift
+    shift: Tensor | None = None
+    for start in range(0, N, chunk):
+        rows = x[start : start + chunk]
+        if prepare is not None:
+            rows = prepare(rows, torch.arange(start, start + len(rows)))
+        flat = rows.flatten(1).double()
+        if shift is None:
+            shift = flat[0].clone()  # centring on a data point keeps the sums small
+        c = flat - shift
         total += c.sum(0)
         second += c.T @ c if full else c.pow(2).sum(0)
+    assert shift is not None
     m = total / N
     cov = second / N - (torch.outer(m, m) if full else m * m)
     return m + shift, cov
@@ -275,10 +285,7 @@ def _draw_probes(x: Tensor, n: int, kind: Probe, generator: torch.Generator | No
     if noise is not None:
         eps = torch.stack([noise(x) for _ in range(n)])
     else:
-        eps = torch.randn(
-            (n, *x.shape), generator=generator, dtype=x.dtype, device=generator.device if generator else x.device
-        )
-        eps = eps.to(x.device)
+        eps = standard_normal(x.new_empty(n, *x.shape), generator)
     return torch.where(eps >= 0, 1.0, -1.0).to(x.dtype) if kind == "rademacher" else eps
 
 
@@ -601,9 +608,7 @@ def bits_per_dim(
         if dequantizer is None:
             z = transform.forward(raw, generator=generator)
         else:
-            device = generator.device if generator is not None else raw.device
-            normal = torch.randn(raw.shape, generator=generator, dtype=torch.float64, device=device).to(raw.device)
-            u, log_q = dequantizer.sample(raw, normal)
+            u, log_q = dequantizer.sample(raw, standard_normal(raw.double(), generator))
             z = transform.forward(raw, u=u.detach())
             log_q = log_q.detach()
         res = log_likelihood(score_fn, sde, z, generator=generator, **likelihood_options)

@@ -17,7 +17,24 @@ from torch import Tensor
 
 from ._typing import NoiseFn
 
-__all__ = ["PerSampleNoise", "PerSampleBrownian", "derive_seeds", "index_seeds", "splitmix64", "keys_from_noise"]
+__all__ = [
+    "PerSampleNoise",
+    "PerSampleBrownian",
+    "derive_seeds",
+    "index_seeds",
+    "splitmix64",
+    "keys_from_noise",
+    "standard_normal",
+]
+
+
+def standard_normal(like: Tensor, generator: torch.Generator | None = None, noise: NoiseFn | None = None) -> Tensor:
+    """``N(0, 1)`` draws shaped like ``like`` (its dtype and device): from ``noise`` where given (e.g.
+    :class:`PerSampleNoise`), else from ``generator`` on the generator's own device."""
+    if noise is not None:
+        return noise(like)
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
 def _signed(c: int) -> int:

@@ -32,6 +32,12 @@ def uniform_from_normal(n: Tensor) -> Tensor:
     return u.clamp(max=1.0 - 2.0**-40)
 
 
+def _point_normals(raw: Tensor, index: Tensor, seed: int) -> Tensor:
+    """Standard normals shaped like ``raw`` (float64), point ``index[i]`` from its own stream of ``seed``: what every
+    per-point dequantization draw is made from."""
+    return PerSampleNoise(index_seeds(seed, index.to(raw.device)))(raw.double())
+
+
 @dataclass(frozen=True)
 class DataTransform:
     """Raw data ↔ model space, ``z = scale · y + shift`` (see module docstring).
@@ -139,9 +145,7 @@ class DataTransform:
         (none where the transform draws no noise), so a point's value does not depend on its batch."""
         if not self.stochastic:
             return self.forward(raw)
-        return self.forward(
-            raw, u=uniform_from_normal(PerSampleNoise(index_seeds(seed, index.to(raw.device)))(raw.double()))
-        )
+        return self.forward(raw, u=uniform_from_normal(_point_normals(raw, index, seed)))
 
     def dequantize_points(
         self, raw: Tensor, index: Tensor, seed: int, dequantizer: Dequantizer | None = None
@@ -152,7 +156,7 @@ class DataTransform:
         zero = torch.zeros(raw.shape[0], dtype=torch.float64, device=raw.device)
         if dequantizer is None or not self.stochastic:
             return self.forward_points(raw, index, seed), zero
-        u, log_q = dequantizer.sample(raw, PerSampleNoise(index_seeds(seed, index.to(raw.device)))(raw.double()))
+        u, log_q = dequantizer.sample(raw, _point_normals(raw, index, seed))
         return self.forward(raw, u=u.detach()), log_q.detach().double()
 
     def raw_to_unit(self, raw: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ from torch import Tensor
 from ._typing import NoiseFn, ScoreFn
 from ._utils import append_dims, check_batch
 from .likelihood import GaussianPrior, check_t_eps, nats_to_bits_per_dim
+from .noise import standard_normal
 from .sde import SDE
 from .transforms import uniform_from_normal
 
@@ -105,11 +106,11 @@ def elbo(
     draws = []
     with torch.no_grad():
         for k in range(n_t):  # one draw in each of n_t equal strata of lambda
-            u = (k + uniform_from_normal(_normal(x.new_empty(B, 1), generator, noise)[:, 0])) / n_t
+            u = (k + uniform_from_normal(standard_normal(x.new_empty(B, 1), generator, noise)[:, 0])) / n_t
             lam = lam_T + width * u
             t = sde.t_from_log_snr(lam).clamp(t_eps, sde.T)
             alpha, sigma = sde.alpha(t).to(x.dtype), sde.sigma(t).to(x.dtype)
-            eps = _normal(x, generator, noise)
+            eps = standard_normal(x, generator, noise)
             xt = append_dims(alpha, x.ndim) * x + append_dims(sigma, x.ndim) * eps
             eps_hat = -append_dims(sigma, x.ndim) * score_fn(xt, t)
             w = (alpha**2 / (alpha**2 + sigma**2)).double()
@@ -123,13 +124,6 @@ def elbo(
     log_prior = _expected_log_prior(sde, prior, x, a_T, float(sde.sigma(ends[1:])[0]), n_t, generator, noise)
     logp = log_prior - diffusion + drift
     return ELBOResult(logp=logp, stderr=stderr, prior=log_prior, diffusion=diffusion, drift=drift, n_t=n_t)
-
-
-def _normal(like: Tensor, generator: torch.Generator | None, noise: NoiseFn | None) -> Tensor:
-    if noise is not None:
-        return noise(like)
-    device = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
 def _expected_log_prior(
@@ -154,5 +148,5 @@ def _expected_log_prior(
         return prior(mean) - 0.5 * s_T**2 * trace
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for _ in range(n_t):
-        total += prior(a_T * x + s_T * _normal(x, generator, noise)).double()
+        total += prior(a_T * x + s_T * standard_normal(x, generator, noise)).double()
     return total / n_t

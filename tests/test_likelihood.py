@@ -203,6 +203,10 @@ def test_data_moments_accumulate_to_the_exact_mean_and_covariance():
     assert torch.allclose(m, flat.mean(0), atol=1e-12) and torch.allclose(
         c, torch.cov(flat.T, correction=0), atol=1e-12
     )
+    index = torch.arange(40, dtype=F64)[:, None, None]
+    m2, c2 = data_moments(x, chunk=7, prepare=lambda rows, i: 2 * rows + i.to(F64)[:, None, None])  # chunk by chunk
+    m3, c3 = data_moments(2 * x + index)
+    assert torch.allclose(m2, m3, atol=1e-12) and torch.allclose(c2, c3, atol=1e-10)
     m, v = data_moments(x[:5])
     assert v.shape == (6,) and torch.allclose(v, flat[:5].var(0, correction=0), atol=1e-12)
     sde = VPSDE()

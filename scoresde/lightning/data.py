@@ -241,8 +241,9 @@ class TensorDataModule(L.LightningDataModule):
         """Mean and covariance of the train split in model space (:func:`scoresde.likelihood.data_moments`; one fixed
         dequantization draw for discrete data), computed once: what :class:`ScoreModule` fits its prior at ``T`` to."""
         if self._moments is None:
-            index = torch.arange(len(self.train_raw))
-            self._moments = data_moments(self.transform.forward_points(self.train_raw, index, MOMENTS_STREAM))
+            self._moments = data_moments(
+                self.train_raw, prepare=lambda rows, index: self.transform.forward_points(rows, index, MOMENTS_STREAM)
+            )
         return self._moments
 
     def real_examples(self, n: int) -> Tensor:

@@ -101,8 +101,8 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
         back = decode(score, sde, z, **ode)
     roundtrip = ((back - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)).cpu().numpy()
     target = getattr(dm, "target", None)
-    known = isinstance(target, GaussianMixture) and tf.levels is None  # the data's own density, in raw units
-    target_mix: GaussianMixture | None = target if known else None
+    # the data's own density, in raw units, where it is known
+    target_mix: GaussianMixture | None = target if isinstance(target, GaussianMixture) and tf.levels is None else None
     labels, decoded, latents, bpd, exact, nfe = [], [], [], [], [], []
     runs = [(kind, tau) for kind in cfg.kinds for tau in cfg.temperatures]
     for kind, tau in tqdm(runs, desc="paths (decode + bits/dim)", disable=not cfg.progress):
@@ -123,7 +123,7 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
             exact.append((-target_mix.log_prob(raw_points) / (dim * math.log(2))).reshape(K, M).numpy())
 
     weights = path.weights.numpy()
-    extra = {"exact_bpd": np.stack(exact)} if known else {}
+    extra = {"exact_bpd": np.stack(exact)} if target_mix is not None else {}
     save_npz(
         out / "interpolation.npz",
         {
@@ -151,7 +151,7 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
         f"checkpoint {Path(cfg.ckpt).name} (sha256 {spec.digest()[:12]}), {cfg.split} split; ODE dopri5 "
         f"rtol={cfg.rtol:g} atol={cfg.atol:g} t_eps={cfg.t_eps:g}, trace {trace}; likelihood NFE per point "
         f"{np.mean(nfe):.0f}; round trip max rel. error {roundtrip.max():.1e}"
-        + ("; dashed: the data's exact bits/dim" if known else "")
+        + ("; dashed: the data's exact bits/dim" if target_mix is not None else "")
     )
     plotting.plot_interpolation(
         {lab: _display(tf, d) for lab, d in zip(labels, decoded)},
@@ -159,7 +159,7 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
         dict(zip(labels, bpd)),
         weights,
         out / "interpolation.png",
-        exact_bpd=dict(zip(labels, exact)) if known else None,
+        exact_bpd=dict(zip(labels, exact)) if target_mix is not None else None,
         data=data,
         prior=prior,
         title=f"interpolation study: {K} pairs × {M} points",
@@ -168,7 +168,7 @@ def run_interpolation(cfg: InterpolateConfig) -> dict[str, Any]:
     summary = {
         "roundtrip_rel_error_max": float(roundtrip.max()),
         "nfe_per_point": float(np.mean(nfe)),
-        **({"gap_to_exact_mean": float(np.mean(np.stack(bpd) - np.stack(exact)))} if known else {}),
+        **({"gap_to_exact_mean": float(np.mean(np.stack(bpd) - np.stack(exact)))} if target_mix is not None else {}),
         "bpd_ends": float(np.mean([b[:, [0, -1]].mean() for b in bpd])),
         **{f"bpd_mid[{lab}]": float(b[:, M // 2].mean()) for lab, b in zip(labels, bpd)},
     }

@@ -329,7 +329,7 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
         "split": cfg.split,
         "prior": cfg.prior,
         "dequantization": repr(dequantizer) if dequantizer is not None else "uniform",
-        "fitted_prior": fitted.describe(),
+        "fitted_prior": f"train split's Gaussian ({'full' if fitted.chol.ndim == 2 else 'diagonal'} covariance)",
         "fitted_prior_source": prior_source,
     }
     with atomic_path(out / "summary.json") as tmp:
