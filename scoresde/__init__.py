@@ -23,6 +23,7 @@ from .sde import VESDE as VESDE
 from .sde import VPSDE as VPSDE
 from .sde import CosineVPSDE as CosineVPSDE
 from .sde import DiscreteVPSDE as DiscreteVPSDE
+from .sde import LearnedVPSDE as LearnedVPSDE
 from .sde import SubVPSDE as SubVPSDE
 from .sde import get_sde as get_sde
 from .solvers import SOLVERS as SOLVERS
@@ -31,6 +32,7 @@ from .solvers import get_solver as get_solver
 from .solvers import register_solver as register_solver
 from .transforms import DataTransform as DataTransform
 from .variational import elbo as elbo
+from .vdm import VDMLoss as VDMLoss
 
 try:
     __version__ = version("scoresde")

@@ -27,6 +27,7 @@ from ..sde import SDE
 from ..solvers import Solver, get_solver
 from ..solvers.grids import is_grid_file
 from ..transforms import DataTransform
+from ..vdm import VDMLoss
 
 __all__ = ["ScoreModule"]
 
@@ -110,7 +111,8 @@ class ScoreModule(L.LightningModule):
     Args:
         net: time-conditioned network ``net(x, c_noise)`` (e.g. ``scoresde.nets.MLP`` or ``UNet``).
         sde: the forward SDE (``VPSDE``, ``SubVPSDE``, ``VESDE``).
-        loss: denoising score-matching loss (default ``DSMLoss()``: ``sigma²`` weighting, ``t ~ U(1e-5, 1)``, mean).
+        loss: denoising score-matching loss (default ``DSMLoss()``: ``sigma²`` weighting, ``t ~ U(1e-5, 1)``, mean), or
+            the variational bound ``VDMLoss()`` (with a ``LearnedVPSDE``, it trains the schedule too).
         prediction: what the network predicts: ``"eps"``, ``"x0"``, ``"v"``, ``"score"`` or ``"edm"`` (EDM's
             preconditioned denoiser; :mod:`scoresde.parametrization`).
         time_input: network time input, ``"auto"`` (the SDE's reference convention, or EDM's ``¼ ln σ`` for the
@@ -150,7 +152,7 @@ class ScoreModule(L.LightningModule):
         self,
         net: nn.Module,
         sde: SDE,
-        loss: DSMLoss | None = None,
+        loss: DSMLoss | VDMLoss | None = None,
         prediction: Literal["eps", "x0", "v", "score", "edm"] = "eps",
         time_input: Literal["auto", "t", "log_sigma", "timestep", "edm"] = "auto",
         sigma_data: float = 0.5,
@@ -185,9 +187,10 @@ class ScoreModule(L.LightningModule):
         save_hparams_without_modules(self, inspect.currentframe())
         self.score_model = ScoreModel(net, sde, prediction=prediction, time_input=time_input, sigma_data=sigma_data)
         self.sde, self.loss = sde, loss if loss is not None else DSMLoss()
-        if prediction == "edm" and self.loss.weighting == "edm" and self.loss.sigma_data != sigma_data:
+        edm = self.loss if isinstance(self.loss, DSMLoss) and self.loss.weighting == "edm" else None
+        if prediction == "edm" and edm is not None and edm.sigma_data != sigma_data:
             raise ValueError(
-                f"the edm loss assumes sigma_data={self.loss.sigma_data:g} but the model's preconditioning "
+                f"the edm loss assumes sigma_data={edm.sigma_data:g} but the model's preconditioning "
                 f"{sigma_data:g}; set model.loss.init_args.sigma_data and model.sigma_data to the same value"
             )
         self.data_shape = tuple(int(s) for s in data_shape) if data_shape is not None else None

@@ -1,9 +1,12 @@
-"""Forward SDEs with Gaussian perturbation kernels: VP, sub-VP, cosine VP, discrete VP (DDPM tables) and VE."""
+"""Forward SDEs with Gaussian perturbation kernels: VP, sub-VP, cosine VP, discrete VP (DDPM tables), a learned VP
+schedule (VDM) and VE."""
 
 from .base import SDE as SDE
 from .base import ProbabilityFlowODE as ProbabilityFlowODE
 from .base import ReverseSDE as ReverseSDE
 from .discrete import DiscreteVPSDE as DiscreteVPSDE
+from .learned import LearnedVPSDE as LearnedVPSDE
+from .learned import MonotoneGamma as MonotoneGamma
 from .ve import VESDE as VESDE
 from .vp import VPSDE as VPSDE
 from .vp import CosineVPSDE as CosineVPSDE
