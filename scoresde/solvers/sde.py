@@ -17,6 +17,7 @@ from torch import Tensor
 from .._typing import NoiseFn, ScoreFn
 from ..noise import PerSampleBrownian, keys_from_noise
 from ..sde import SDE
+from ..variances import EpsNormTable, analytic_variance
 from .base import IntegratorSolver, Solver, State, Step, diffusion_at, eps_and_x0, tvec
 
 __all__ = [
@@ -101,22 +102,28 @@ class Ancestral(Solver):
 
     With ``a = alpha_t / alpha_s`` and ``G² = sigma_t² - a² sigma_s²`` the posterior mean is
     ``(a sigma_s² x_t + alpha_s G² x̂_0) / sigma_t²`` and its variance ``G² sigma_s² / sigma_t²`` (``variance="posterior"``,
-    DDPM's ``beta~``; this is ``ddim`` with ``eta = 1``) or ``G²`` (``variance="large"``, DDPM's ``beta``).
-    The last step returns the mean. Weak order 1.
+    DDPM's ``beta~``; this is ``ddim`` with ``eta = 1``), ``G²`` (``variance="large"``, DDPM's ``beta``) or
+    Analytic-DPM's optimal ``beta~ + c² (sigma_t/alpha_t)² Gamma(t)`` (``variance="analytic"``,
+    :mod:`scoresde.variances`; ``table`` holds the model's ``Gamma``, which ``scoresde sample`` takes from the
+    checkpoint). The last step returns the mean. Weak order 1.
 
     Args:
-        variance: ``"posterior"`` or ``"large"``.
+        variance: ``"posterior"``, ``"large"`` or ``"analytic"``.
+        table: the :class:`~scoresde.variances.EpsNormTable` of the model (``variance="analytic"`` only).
     """
 
     variance: str = "posterior"
+    table: EpsNormTable | None = None
 
     convergence_order = 1.0
     stochastic = True
     evaluations_per_step = 1
 
     def __post_init__(self) -> None:
-        if self.variance not in ("posterior", "large"):
-            raise ValueError(f"ancestral variance must be 'posterior' or 'large', got {self.variance!r}")
+        if self.variance not in ("posterior", "large", "analytic"):
+            raise ValueError(f"ancestral variance must be 'posterior', 'large' or 'analytic', got {self.variance!r}")
+        if self.table is not None and not isinstance(self.table, EpsNormTable):
+            raise ValueError(f"ancestral table must be an EpsNormTable (scoresde.variances), got {type(self.table)}")
 
     def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
         ct, cn = ctx.now, ctx.next
@@ -127,7 +134,16 @@ class Ancestral(Solver):
         mean = (a * cn.sigma**2 / ct.sigma**2) * x + (cn.alpha * G2 / ct.sigma**2) * x0
         if ctx.is_last:
             return State(mean, denoised=x0)
-        var = G2 * cn.sigma**2 / ct.sigma**2 if self.variance == "posterior" else G2
+        posterior = G2 * cn.sigma**2 / ct.sigma**2
+        if self.variance == "analytic":
+            if self.table is None:
+                raise ValueError(
+                    "ancestral variance='analytic' needs the model's table: scoresde.variances.eps_norm_table(model, "
+                    "sde, data) (checkpoints written by `scoresde fit` carry one)"
+                )
+            var = analytic_variance(self.table, ct.alpha, ct.sigma, ct.lam, cn.alpha, cn.sigma, posterior)
+        else:
+            var = posterior if self.variance == "posterior" else G2
         return State(mean + math.sqrt(var) * ctx.noise(x), denoised=x0)
 
 

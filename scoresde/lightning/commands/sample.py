@@ -39,12 +39,14 @@ from torch import Tensor
 
 from ... import plotting
 from ..._typing import ScoreFn
-from ..._utils import save_npz
+from ..._utils import atomic_path, save_npz
 from ...guidance import classifier_guidance, threshold
 from ...noise import derive_seeds
 from ...solvers import DISCRETE_GRIDS, SOLVERS, TIME_GRIDS, Solver, get_solver
 from ...solvers.budget import choose_for_budget
 from ...solvers.grids import is_grid_file, resolve_grid
+from ...solvers.sde import Ancestral
+from ...variances import EpsNormTable, eps_norm_table
 from ..classifier import ClassifierModule
 from ..module import ScoreModule
 from ._common import (
@@ -57,6 +59,7 @@ from ._common import (
     build_parser,
     check_sizes,
     load_classifier,
+    load_data,
     load_model,
     manifest_record,
     option,
@@ -211,6 +214,32 @@ def _classifier_classes(classifier: ClassifierModule, model: ScoreModule) -> int
     return int(logits.shape[1])
 
 
+ANALYTIC_POINTS = 1000
+"""Train points the Analytic-DPM table is estimated from (64 log-SNRs: 64,000 network evaluations, once)."""
+
+
+def analytic_table(model: ScoreModule, ckpt: str) -> EpsNormTable:
+    """Analytic-DPM's ``Gamma(t)`` for a checkpoint: read from ``<ckpt>.eps_norm.pt`` beside it when that file was
+    made from this checkpoint (same digest), else estimated from the first ``ANALYTIC_POINTS`` points of the
+    checkpoint's train split (seed 0) and written there atomically, so it is computed once per checkpoint."""
+    spec = CheckpointSpec.parse(ckpt)
+    path = spec.path.with_name(spec.path.name + ".eps_norm.pt")
+    digest = spec.digest()
+    if path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("ckpt_sha256") == digest:
+            return EpsNormTable.from_state(state)
+    dm = load_data(None, ckpt)
+    raw = dm.train_raw[:ANALYTIC_POINTS]
+    x = dm.transform.forward_points(raw, torch.arange(len(raw)), 0).to(model.device)
+    print(f"Analytic-DPM: estimating Gamma(t) from {len(x)} train points (once; kept in {path.name})")
+    table = eps_norm_table(model.score_model, model.sde, x, generator=torch.Generator(device=x.device).manual_seed(0))
+    if path.parent.exists() and spec.format == "lightning":
+        with atomic_path(path) as tmp:
+            torch.save({**table.state(), "ckpt_sha256": digest}, tmp)
+    return table
+
+
 def run_sampling(cfg: SampleConfig) -> Path | None:
     """Draw ``cfg.n`` samples in shards under ``cfg.out`` (resuming), merge them into ``samples.npz``; returns its
     path on rank 0 (``None`` on the other ranks)."""
@@ -232,6 +261,9 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     options = {**default_options, **cfg.options}
     built = get_solver(solver, **options)  # fail on a bad name or option before any work
     built.check_size(math.prod(model.data_shape or (1,)))  # and on a solver unsafe for data this small
+    task_solver, task_options = solver, options
+    if isinstance(built, Ancestral) and built.variance == "analytic" and built.table is None:
+        task_solver, task_options = dataclasses.replace(built, table=analytic_table(model, cfg.ckpt)), {}
     grid_times = (
         resolve_grid(cfg.grid or "uniform", model.sde, cfg.t_end, cfg.steps) if is_grid_file(cfg.grid or "") else None
     )
@@ -260,7 +292,7 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
         **({} if grid_times is None else {"grid_times": grid_times.tolist()}),
         **({} if choice is None else {"nfe_budget": choice.nfe, "nfe_choice": choice.describe()}),
     )
-    task = SamplingTask(model, cfg, solver, options, out, classes, classifier)
+    task = SamplingTask(model, cfg, task_solver, task_options, out, classes, classifier)
     merged = run_resumable(cfg, task, out / "sample_config.json", record, "samples drawn", precision=cfg.precision)
     steps = len(grid_times) - 1 if grid_times is not None else cfg.steps or int(model.hparams["sample_steps"])
     return None if merged is None else _merge(model, cfg, solver, steps, out, merged)
