@@ -8,6 +8,7 @@
     scoresde interpolate --ckpt runs/digits_vp/checkpoints/last.ckpt --pairs 4 --steps 9 --out interp/
     scoresde inpaint --ckpt runs/digits_vp/checkpoints/last.ckpt --mask right --method repaint --out inpaint/
     scoresde classifier fit --config experiments/classifiers/digits.yaml   # noise-conditional classifier
+    scoresde distill --config experiments/toy_vp_distill.yaml             # few-step students of a checkpoint
 
 The DataModule's ``data_shape`` and ``transform`` are linked into the model. Logging goes to Weights & Biases in
 offline mode unless the config says otherwise (``wandb sync`` uploads later).
@@ -33,7 +34,19 @@ from .cluster import check_devices
 from .module import ScoreModule
 from .progress import progress_callbacks
 
-__all__ = ["COMMANDS", "Command", "ScoreCLI", "ClassifierCLI", "cli", "classifier_cli", "run", "main", "USER_ERRORS"]
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "ScoreCLI",
+    "ClassifierCLI",
+    "DistillCLI",
+    "cli",
+    "classifier_cli",
+    "distill_cli",
+    "run",
+    "main",
+    "USER_ERRORS",
+]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MisconfigurationException)
 """What a user's mistake raises (bad values and files; Lightning's configuration errors): :func:`main` answers these
@@ -113,6 +126,21 @@ def cli(args: Sequence[str] | None = None, run: bool = True) -> ScoreCLI:
     return _build(ScoreCLI, ScoreModule, args, run)
 
 
+class DistillCLI(ScoreCLI):
+    """LightningCLI over :class:`~scoresde.lightning.distill.DistillModule` (``scoresde distill --config ...``)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """The student and its SDE come from the teacher checkpoint: nothing is linked from the DataModule."""
+
+
+def distill_cli(args: Sequence[str] | None = None, run: bool = True) -> DistillCLI:
+    """``scoresde distill --config ...``: progressive distillation of a checkpoint (always a fit)."""
+    from .distill import DistillModule
+
+    argv = list(sys.argv[2:] if args is None else args)
+    return _build(DistillCLI, DistillModule, ["fit", *argv], run)
+
+
 def classifier_cli(args: Sequence[str] | None = None, run: bool = True) -> ClassifierCLI:
     """``scoresde classifier fit|validate ...``: train the noise-conditional classifier of classifier guidance."""
     from .classifier import ClassifierModule
@@ -161,6 +189,10 @@ COMMANDS: dict[str, Command] = {
     "grid": Command(
         "search a time grid for a model, a solver and a budget (saved for sample --grid FILE)",
         "scoresde.lightning.commands.grid:grid_command",
+    ),
+    "distill": Command(
+        "progressive distillation of a checkpoint into few-step students (LightningCLI)",
+        "scoresde.lightning.cli:distill_cli",
     ),
     "classifier": Command(
         "train the noise-conditional classifier of classifier guidance (fit, validate)",

@@ -48,6 +48,7 @@ from ...solvers.grids import is_grid_file, resolve_grid
 from ...solvers.sde import Ancestral
 from ...variances import EpsNormTable, eps_norm_table
 from ..classifier import ClassifierModule
+from ..distill import DISTILLATION_KEY
 from ..module import ScoreModule
 from ._common import (
     BLOCK_HELP,
@@ -65,6 +66,7 @@ from ._common import (
     option,
     parse_config,
     prepare_out,
+    read_checkpoint,
     run_resumable,
 )
 
@@ -240,6 +242,19 @@ def analytic_table(model: ScoreModule, ckpt: str) -> EpsNormTable:
     return table
 
 
+def distilled_defaults(cfg: SampleConfig, spec: CheckpointSpec) -> SampleConfig:
+    """A student of ``scoresde distill`` is sampled on the grid and end time it was distilled for, unless the
+    command gives them (its steps and ``ddim`` are already the checkpoint's defaults)."""
+    if spec.format != "lightning":
+        return cfg
+    record = read_checkpoint(cfg.ckpt).get(DISTILLATION_KEY)
+    if not record:
+        return cfg
+    grid = cfg.grid if cfg.grid is not None else record["grid"]
+    t_end = cfg.t_end if cfg.t_end is not None else float(record["t_end"])
+    return dataclasses.replace(cfg, grid=grid, t_end=t_end)
+
+
 def run_sampling(cfg: SampleConfig) -> Path | None:
     """Draw ``cfg.n`` samples in shards under ``cfg.out`` (resuming), merge them into ``samples.npz``; returns its
     path on rank 0 (``None`` on the other ranks)."""
@@ -248,6 +263,7 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
         raise ValueError(f"--steps must be a positive integer, got {cfg.steps}")
     spec = CheckpointSpec.parse(cfg.ckpt)
     model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config)
+    cfg = distilled_defaults(cfg, spec)
     choice = None
     if cfg.nfe is not None:
         if cfg.solver is not None or cfg.steps is not None or cfg.grid is not None or cfg.options:

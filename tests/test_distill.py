@@ -1,0 +1,151 @@
+"""Progressive distillation (``scoresde.distill``) against its closed form: on ``N(0, s² I)`` data the exact data
+prediction is linear in ``z``, so each DDIM step multiplies by a known coefficient and the optimal one-step student
+is the product of its teacher's two (DESIGN.md §7)."""
+
+import math
+
+import pytest
+import torch
+
+from scoresde import VPSDE, GaussianMixture
+from scoresde.distill import ProgressiveDistillation, ddim_step
+
+F64 = torch.float64
+S2, D = 0.5, 4
+
+
+class LinearStudent(torch.nn.Module):
+    """``x̂(z, t) = a_k z`` with one learned coefficient per grid time ``t_k`` (k = 0 .. N-1)."""
+
+    def __init__(self, grid: torch.Tensor, a: torch.Tensor) -> None:
+        super().__init__()
+        self.grid = grid[:-1]
+        self.a = torch.nn.Parameter(a.clone())
+
+    def index(self, t):
+        return (t[:, None].double() - self.grid[None]).abs().argmin(1)
+
+    def forward(self, z, t):
+        return self.a[self.index(t)][:, None] * z
+
+
+def _coefficients(sde, grid, a):
+    """DDIM step coefficients ``c_k`` with ``z_{k+1} = c_k z_k`` for the linear prediction ``a_k z``."""
+    al, si = sde.alpha(grid), sde.sigma(grid)
+    return al[1:] * a + si[1:] / si[:-1] * (1 - al[:-1] * a)
+
+
+def test_ddim_step_of_the_exact_gaussian_denoiser_is_linear():
+    sde = VPSDE()
+    mix = GaussianMixture(torch.ones(1), torch.zeros(1, D), torch.full((1,), S2))
+    t, s = torch.full((5,), 0.7, dtype=F64), torch.full((5,), 0.4, dtype=F64)
+    z = torch.randn(5, D, generator=torch.Generator().manual_seed(0), dtype=F64)
+    a_t, s_t, a_s, s_s = (float(v[0]) for v in (sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)))
+    a = a_t * S2 / (a_t**2 * S2 + s_t**2)
+    out = ddim_step(mix.denoise(z, t, sde), z, a_t, s_t, a_s, s_s)
+    torch.testing.assert_close(out, (a_s * a + s_s / s_t * (1 - a_t * a)) * z, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("grid", ["uniform", "log_snr"])
+def test_each_stage_learns_the_product_of_its_teachers_two_steps(grid):
+    """From the exact teacher on 64 steps down to 2: each stage's learned coefficients (300 Adam steps from the
+    teacher's own) equal the product of the teacher's two step coefficients within 1e-4 relative, and the final
+    2-step map equals the exact 64-step DDIM map within 1e-3 relative."""
+    sde = VPSDE()
+    pd = ProgressiveDistillation(sde, grid=grid)
+    fine = pd.grid(64)
+    al, si = sde.alpha(fine[:-1]), sde.sigma(fine[:-1])
+    a_teacher = al * S2 / (al**2 * S2 + si**2)  # the exact x̂ = a z on N(0, S2 I)
+    teacher = lambda z, t: LinearStudent(fine, a_teacher)(z, t)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    steps = 64
+    while steps > 2:
+        steps //= 2
+        coarse = pd.grid(steps)
+        torch.testing.assert_close(coarse, pd.grid(2 * steps)[::2], rtol=0, atol=1e-14)
+        student = LinearStudent(coarse, a_teacher[::2])
+        opt = torch.optim.Adam(student.parameters(), lr=0.02)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 300)
+        for _ in range(300):
+            x = torch.randn(512, D, generator=g, dtype=F64) * math.sqrt(S2)
+            opt.zero_grad()
+            pd.per_sample(student, teacher, x, steps, generator=g).mean().backward()
+            opt.step()
+            sched.step()
+        c_teacher = _coefficients(sde, pd.grid(2 * steps), a_teacher)
+        want = c_teacher[0::2] * c_teacher[1::2]
+        got = _coefficients(sde, coarse, student.a.detach())
+        assert float(((got - want) / want).abs().max()) < 1e-4, (steps, got, want)
+        a_teacher = student.a.detach().clone()
+        teacher = lambda z, t, s=student: s(z, t)  # noqa: E731
+    exact = _coefficients(sde, fine, (sde.alpha(fine[:-1]) * S2 / (sde.alpha(fine[:-1]) ** 2 * S2 + sde.sigma(fine[:-1]) ** 2)))
+    final = _coefficients(sde, pd.grid(2), a_teacher)
+    assert abs(float(final.prod() / exact.prod()) - 1) < 1e-3
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="nest under halving"):
+        ProgressiveDistillation(VPSDE(), grid="karras")
+    with pytest.raises(ValueError, match="unknown weighting"):
+        ProgressiveDistillation(VPSDE(), weighting="snr")
+
+
+def _ddim_map(model, x_T, steps, grid="uniform"):
+    from scoresde import sample
+
+    with torch.no_grad():
+        return sample(model.score_model, model.sde, tuple(x_T.shape), solver="ddim", steps=steps, grid=grid,
+                      x_init=x_T).x
+
+
+def test_scoresde_distill_writes_students_that_sample_in_their_own_steps(toy_ckpt, tmp_path, monkeypatch):
+    """``scoresde distill`` on the toy checkpoint, 16 teacher steps down to 4 (two stages of 150 steps): it writes
+    ``student_8steps.ckpt`` and ``student_4steps.ckpt``; ``scoresde sample`` draws from the 4-step student with
+    ``ddim`` in 4 evaluations per sample; and on held-out ``x_T`` the student's 4-step map is closer to the teacher's
+    16-step map than the teacher's own 4-step DDIM is (pathwise RMSE, at most half)."""
+    import json
+
+    import numpy as np
+
+    from scoresde.lightning.cli import run
+    from scoresde.lightning.commands._common import load_model
+
+    from .conftest import EXPERIMENTS
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "students"
+    run(["distill", "--config", str(EXPERIMENTS / "toy_vp_distill.yaml"), "--model.teacher", str(toy_ckpt),
+         "--model.teacher_steps", "16", "--model.final_steps", "4", "--model.steps_per_stage", "150",
+         "--trainer.max_steps", "300", "--model.dirpath", str(out), "--model.lr", "0.002", "--trainer.logger", "false",
+         "--trainer.enable_progress_bar", "false"])
+    assert sorted(p.name for p in out.glob("*.ckpt")) == ["student_4steps.ckpt", "student_8steps.ckpt"]
+    student4 = out / "student_4steps.ckpt"
+    record = torch.load(student4, map_location="cpu", weights_only=False)["distillation"]
+    assert record["steps"] == 4 and record["grid"] == "uniform" and record["teacher_steps"] == 16
+    run(["sample", "--ckpt", str(student4), "--n", "32", "--out", str(tmp_path / "s"), "--progress", "false"])
+    npz = np.load(tmp_path / "s" / "samples.npz")
+    assert (npz["nfe_per_sample"] == 4).all() and np.isfinite(npz["samples"]).all()
+    assert json.loads((tmp_path / "s" / "sample_config.json").read_text())["solver"] == "ddim"
+    teacher, student = load_model(toy_ckpt), load_model(student4)
+    x_T = torch.randn(2000, 2, generator=torch.Generator().manual_seed(7))
+    target = _ddim_map(teacher, x_T, 16)
+    rmse_student = float((_ddim_map(student, x_T, 4) - target).pow(2).sum(1).mean().sqrt())
+    rmse_teacher = float((_ddim_map(teacher, x_T, 4) - target).pow(2).sum(1).mean().sqrt())
+    assert rmse_student < 0.5 * rmse_teacher, (rmse_student, rmse_teacher)
+
+
+def test_distill_checks_its_stage_arithmetic(toy_ckpt, tmp_path, monkeypatch):
+    from scoresde.lightning.cli import run
+
+    from .conftest import EXPERIMENTS
+
+    monkeypatch.chdir(tmp_path)
+    base = ["distill", "--config", str(EXPERIMENTS / "toy_vp_distill.yaml"), "--model.teacher", str(toy_ckpt),
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    with pytest.raises(ValueError, match="power of two"):
+        run([*base, "--model.teacher_steps", "12", "--model.final_steps", "5"])
+    with pytest.raises(ValueError, match="trainer.max_steps must be stages x steps_per_stage"):
+        run([*base, "--model.teacher_steps", "8", "--model.final_steps", "2", "--model.steps_per_stage", "5",
+             "--trainer.max_steps", "7"])
+    with pytest.raises(ValueError, match="not found"):
+        run([*base[:3], "--model.teacher", str(tmp_path / "missing.ckpt"), *base[5:]])
