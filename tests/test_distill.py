@@ -114,7 +114,7 @@ def test_scoresde_distill_writes_students_that_sample_in_their_own_steps(toy_ckp
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "students"
-    run(["distill", "--config", str(EXPERIMENTS / "toy_vp_distill.yaml"), "--model.teacher", str(toy_ckpt),
+    run(["distill", "--config", str(EXPERIMENTS / "distill" / "toy_vp.yaml"), "--model.teacher", str(toy_ckpt),
          "--model.teacher_steps", "16", "--model.final_steps", "4", "--model.steps_per_stage", "150",
          "--trainer.max_steps", "300", "--model.dirpath", str(out), "--model.lr", "0.002", "--trainer.logger", "false",
          "--trainer.enable_progress_bar", "false"])
@@ -140,7 +140,7 @@ def test_distill_checks_its_stage_arithmetic(toy_ckpt, tmp_path, monkeypatch):
     from .conftest import EXPERIMENTS
 
     monkeypatch.chdir(tmp_path)
-    base = ["distill", "--config", str(EXPERIMENTS / "toy_vp_distill.yaml"), "--model.teacher", str(toy_ckpt),
+    base = ["distill", "--config", str(EXPERIMENTS / "distill" / "toy_vp.yaml"), "--model.teacher", str(toy_ckpt),
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     with pytest.raises(ValueError, match="power of two"):
         run([*base, "--model.teacher_steps", "12", "--model.final_steps", "5"])

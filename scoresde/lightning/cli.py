@@ -8,7 +8,7 @@
     scoresde interpolate --ckpt runs/digits_vp/checkpoints/last.ckpt --pairs 4 --steps 9 --out interp/
     scoresde inpaint --ckpt runs/digits_vp/checkpoints/last.ckpt --mask right --method repaint --out inpaint/
     scoresde classifier fit --config experiments/classifiers/digits.yaml   # noise-conditional classifier
-    scoresde distill --config experiments/toy_vp_distill.yaml             # few-step students of a checkpoint
+    scoresde distill --config experiments/distill/toy_vp.yaml             # few-step students of a checkpoint
 
 The DataModule's ``data_shape`` and ``transform`` are linked into the model. Logging goes to Weights & Biases in
 offline mode unless the config says otherwise (``wandb sync`` uploads later).

@@ -1,5 +1,5 @@
 """``DistillModule``: progressive distillation (:mod:`scoresde.distill`) of a ``scoresde fit`` checkpoint, as a
-LightningModule. ``scoresde distill --config experiments/toy_vp_distill.yaml`` runs it.
+LightningModule. ``scoresde distill --config experiments/distill/toy_vp.yaml`` runs it.
 
 One fit runs every stage: stage ``k`` (0-based) covers optimizer steps ``[k S, (k + 1) S)`` for ``S =
 steps_per_stage`` and trains a ``teacher_steps / 2^(k+1)``-step student against the previous stage's student (the
