@@ -15,6 +15,7 @@ sigma_t²``, reweighted so that the expectation is unchanged but the variance dr
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Literal
 
@@ -26,14 +27,43 @@ from ._utils import append_dims, batch_sum, check_batch
 from .noise import PerSampleNoise
 from .sde import SDE
 
-__all__ = ["DSMLoss", "WEIGHTINGS", "SAMPLINGS", "REDUCTIONS"]
+__all__ = ["Loss", "DSMLoss", "WEIGHTINGS", "SAMPLINGS", "REDUCTIONS"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "edm")
 SAMPLINGS = ("uniform", "importance", "log_normal")
 REDUCTIONS = ("mean", "sum")
 
 
-class DSMLoss:
+class Loss(abc.ABC):
+    """A training loss of a score model: ``per_sample(score_fn, sde, x0, generator=, noise=) -> (B,)``, and the
+    batch mean when called (what :class:`~scoresde.lightning.ScoreModule` minimises)."""
+
+    @abc.abstractmethod
+    def per_sample(
+        self,
+        score_fn: ScoreFn,
+        sde: SDE,
+        x0: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        noise: PerSampleNoise | None = None,
+    ) -> Tensor:
+        """The loss of each sample, ``(B,)``."""
+
+    def __call__(
+        self,
+        score_fn: ScoreFn,
+        sde: SDE,
+        x0: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        noise: PerSampleNoise | None = None,
+    ) -> Tensor:
+        """Mean loss over the batch ``x0: (B, *D)``: a scalar (``noise``, ``generator``: as in :meth:`per_sample`)."""
+        return self.per_sample(score_fn, sde, x0, generator=generator, noise=noise).mean()
+
+
+class DSMLoss(Loss):
     """Denoising score-matching loss with ``t ~ U(t_eps, T)``, importance-sampled ``t`` or EDM's log-normal ``σ``.
 
     Args:
@@ -187,15 +217,3 @@ class DSMLoss:
         sq = residual**2
         per = sq.flatten(1).mean(1) if self.reduction == "mean" else 0.5 * batch_sum(sq)
         return per * w.to(per.dtype)
-
-    def __call__(
-        self,
-        score_fn: ScoreFn,
-        sde: SDE,
-        x0: Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        noise: PerSampleNoise | None = None,
-    ) -> Tensor:
-        """Mean loss over the batch ``x0: (B, *D)``: a scalar (``noise``, ``generator``: as in :meth:`per_sample`)."""
-        return self.per_sample(score_fn, sde, x0, generator=generator, noise=noise).mean()

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ._typing import ScoreFn
 from ._utils import append_dims, batch_sum, check_batch
+from .losses import Loss
 from .noise import PerSampleNoise
 from .parametrization import ScoreModel
 from .sde import SDE
@@ -103,7 +104,7 @@ class VDMTerms:
         return self.prior + self.decoder + self.diffusion
 
 
-class VDMLoss:
+class VDMLoss(Loss):
     """The negative variational bound (module docstring) in bits per dimension, one time draw per sample.
 
     Args:
@@ -229,18 +230,6 @@ class VDMLoss:
         if holder is not None:
             holder.scale = 2 * bpd.detach()  # d E[L²]/d eta = E[2 L dL/d eta]
         return bpd
-
-    def __call__(
-        self,
-        score_fn: ScoreFn,
-        sde: SDE,
-        x0: Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        noise: PerSampleNoise | None = None,
-    ) -> Tensor:
-        """Mean negative bound over the batch, in bits per dimension: a scalar."""
-        return self.per_sample(score_fn, sde, x0, generator=generator, noise=noise).mean()
 
 
 def gaussian_diffusion_loss(log_snr_max: float, log_snr_min: float, s2: float, dim: int) -> float:

@@ -19,7 +19,7 @@ import lightning as L
 from .._typing import ScoreFn
 from ..guidance import classifier_free, null_condition
 from ..likelihood import GaussianPrior, diffused_prior
-from ..losses import DSMLoss
+from ..losses import DSMLoss, Loss
 from ..noise import PerSampleNoise, index_seeds
 from ..parametrization import ScoreModel
 from ..sampling import SampleResult, sample
@@ -27,7 +27,6 @@ from ..sde import SDE
 from ..solvers import Solver, get_solver
 from ..solvers.grids import is_grid_file
 from ..transforms import DataTransform
-from ..vdm import VDMLoss
 
 __all__ = ["ScoreModule"]
 
@@ -152,7 +151,7 @@ class ScoreModule(L.LightningModule):
         self,
         net: nn.Module,
         sde: SDE,
-        loss: DSMLoss | VDMLoss | None = None,
+        loss: Loss | None = None,
         prediction: Literal["eps", "x0", "v", "score", "edm"] = "eps",
         time_input: Literal["auto", "t", "log_sigma", "timestep", "edm"] = "auto",
         sigma_data: float = 0.5,
