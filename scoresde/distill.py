@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ._utils import append_dims, check_batch
-from .noise import PerSampleNoise
+from .noise import PerSampleNoise, standard_normal, standard_uniform
 from .sde import SDE
 from .solvers.timesteps import get_timesteps
 
@@ -123,16 +123,10 @@ class ProgressiveDistillation:
         check_batch(x0, "x0")
         B = x0.shape[0]
         fine = self.grid(2 * student_steps).to(x0.device)
-        u = noise.uniform(x0.device) if noise is not None else None
-        if u is None:
-            u = torch.rand(B, generator=generator, device=x0.device, dtype=torch.float64)
+        u = standard_uniform(B, x0.device, generator, noise)
         i = (u * student_steps).floor().long().clamp(0, student_steps - 1)
         t, t_mid, t_next = fine[2 * i], fine[2 * i + 1], fine[2 * i + 2]
-        eps = (
-            noise(x0)
-            if noise is not None
-            else torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        )
+        eps = standard_normal(x0, generator, noise)
         a_t, s_t = self._coeffs(t, x0)
         z = a_t * x0 + s_t * eps
         x_tilde = self.target(teacher, z, t, t_mid, t_next)

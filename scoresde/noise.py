@@ -37,6 +37,16 @@ def standard_normal(like: Tensor, generator: torch.Generator | None = None, nois
     return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
+def standard_uniform(
+    n: int, device: torch.device | str, generator: torch.Generator | None = None, noise: PerSampleNoise | None = None
+) -> Tensor:
+    """``U[0, 1)`` draws ``(n,)`` in float64 on ``device``: one per sample from ``noise`` where given (its
+    :meth:`PerSampleNoise.uniform`), else from ``generator``."""
+    if noise is not None:
+        return noise.uniform(device).to(torch.float64)
+    return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+
+
 def _signed(c: int) -> int:
     """An unsigned 64-bit constant as the int64 with the same bits."""
     return c - (1 << 64) if c >= 1 << 63 else c

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ._typing import ScoreFn
 from ._utils import append_dims, check_batch
+from .noise import standard_normal
 from .sde import SDE
 
 __all__ = ["EpsNormTable", "eps_norm_table", "analytic_variance"]
@@ -103,7 +104,7 @@ def eps_norm_table(
         for xb in x0.split(batch_size):
             tt = torch.full((xb.shape[0],), t, dtype=torch.float64, device=xb.device)
             mean, std = sde.marginal_prob(xb, tt)
-            z = torch.randn(xb.shape, generator=generator, dtype=xb.dtype, device=xb.device)
+            z = standard_normal(xb, generator)
             x_t = mean + append_dims(std, xb.ndim) * z
             eps = -append_dims(std, xb.ndim) * score_fn(x_t, tt.to(xb.dtype))
             norms.append(eps.flatten(1).pow(2).sum(1).double().cpu() / D)

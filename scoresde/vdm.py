@@ -40,7 +40,7 @@ from torch import Tensor
 from ._typing import ScoreFn
 from ._utils import append_dims, batch_sum, check_batch
 from .losses import Loss
-from .noise import PerSampleNoise
+from .noise import PerSampleNoise, standard_normal, standard_uniform
 from .parametrization import ScoreModel
 from .sde import SDE
 from .sde.learned import LearnedVPSDE
@@ -182,17 +182,10 @@ class VDMLoss(Loss):
         check_batch(x0, "x0")
         B, D = x0.shape[0], x0[0].numel()
         if t is None:
-            u = noise.uniform(x0.device) if noise is not None else None
-            if u is None:
-                u = torch.rand(B, generator=generator, device=x0.device, dtype=torch.float64)
-            t = self._times(B, u.to(torch.float64))
+            t = self._times(B, standard_uniform(B, x0.device, generator, noise))
         t = t.to(torch.float64)
         if eps is None:
-            eps = (
-                noise(x0)
-                if noise is not None
-                else torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-            )
+            eps = standard_normal(x0, generator, noise)
         g, dg = self._gamma(sde, t, holder)
         g, dg = g.to(x0.dtype), dg.to(x0.dtype)
         alpha, sigma = append_dims(torch.sigmoid(-g).sqrt(), x0.ndim), append_dims(torch.sigmoid(g).sqrt(), x0.ndim)
@@ -208,7 +201,7 @@ class VDMLoss(Loss):
         g0, g1 = g01.to(x0.dtype)
         a1sq, s1sq = torch.sigmoid(-g1), torch.sigmoid(g1)
         prior = 0.5 * (a1sq * batch_sum(x0**2) + D * (s1sq - 1 - torch.log(s1sq)))
-        decoder = torch.full_like(prior, 0.0) + 0.5 * D * (math.log(2 * math.pi) + 1) + 0.5 * D * g0
+        decoder = (0.5 * D * (math.log(2 * math.pi) + 1 + g0)).expand_as(prior)
         return VDMTerms(prior=prior, decoder=decoder, diffusion=diffusion)
 
     def per_sample(
