@@ -7,6 +7,7 @@ The core (SDEs, analytic targets, parameterization, losses, solvers, sampling, l
 from importlib.metadata import PackageNotFoundError, version
 
 from .analytic import GaussianMixture as GaussianMixture
+from .hybrid import HybridLoss as HybridLoss
 from .latent import decode as decode
 from .latent import encode as encode
 from .latent import interpolate as interpolate

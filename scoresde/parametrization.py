@@ -36,6 +36,11 @@ TimeInput = Literal["auto", "t", "log_sigma", "timestep", "edm"]
 TIME_INPUTS: tuple[str, ...] = ("auto", "t", "log_sigma", "timestep", "edm")
 
 
+def _version(x: Tensor) -> int:
+    """``x``'s in-place version counter (inference tensors keep none: -1; the solvers never write a state in place)."""
+    return -1 if x.is_inference() else x._version
+
+
 def noise_condition(sde: SDE, t: Tensor, kind: str = "auto") -> Tensor:
     """The network's time input ``c_noise: (B,)``: ``999 t`` (``"t"``), ``log sigma_t`` (``"log_sigma"``), the
     discrete timestep ``N t - 1`` of a discrete schedule (``"timestep"``; ``n`` at ``t_n = (n + 1)/N``) or EDM's
@@ -69,6 +74,10 @@ class ScoreModel(nn.Module):
         time_input: ``"auto"`` (the SDE's reference convention; EDM's ``¼ ln σ`` for ``prediction="edm"``),
             ``"t"`` (``999 t``), ``"log_sigma"``, ``"timestep"`` (``N t - 1``, discrete schedules) or ``"edm"``.
         sigma_data: EDM's ``σ_d``, the data standard deviation the preconditioning assumes (0.5 for data in [-1, 1]).
+        learn_variance: the network also outputs improved DDPM's variance interpolation (Nichol & Dhariwal, 2021,
+            eq. 15): its output has twice ``x``'s channels (dim 1), the prediction first and ``v_raw`` second, and
+            :meth:`variance_weight` is ``v = (v_raw + 1)/2`` in ``Σ = exp(v log beta + (1 - v) log beta~)``
+            (trained by :class:`scoresde.hybrid.HybridLoss`; sampled by ``ancestral`` with ``variance="learned"``).
 
     ``block`` (an attribute, ``None`` by default) makes every network call take exactly ``block`` rows: a batch is cut
     into blocks and the last one is filled up with copies of its last row. Matrix-multiply and convolution kernels
@@ -78,6 +87,7 @@ class ScoreModel(nn.Module):
     """
 
     block: int | None = None
+    _memo: tuple[Tensor, int, Tensor, Tensor | None, Tensor] | None = None
 
     def __init__(
         self,
@@ -86,6 +96,7 @@ class ScoreModel(nn.Module):
         prediction: Prediction = "eps",
         time_input: TimeInput = "auto",
         sigma_data: float = 0.5,
+        learn_variance: bool = False,
     ) -> None:
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -97,11 +108,12 @@ class ScoreModel(nn.Module):
         if time_input == "auto" and prediction == "edm":
             time_input = "edm"
         self.net, self.sde, self.prediction, self.time_input = net, sde, prediction, time_input
-        self.sigma_data = float(sigma_data)
+        self.sigma_data, self.learn_variance = float(sigma_data), bool(learn_variance)
 
     def extra_repr(self) -> str:
         edm = f", sigma_data={self.sigma_data:g}" if self.prediction == "edm" else ""
-        return f"sde={self.sde!r}, prediction={self.prediction!r}, time_input={self.time_input!r}{edm}"
+        learned = ", learn_variance=True" if self.learn_variance else ""
+        return f"sde={self.sde!r}, prediction={self.prediction!r}, time_input={self.time_input!r}{edm}{learned}"
 
     def _coeffs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         alpha = append_dims(self.sde.alpha(t), x.ndim).to(x.dtype)
@@ -118,7 +130,54 @@ class ScoreModel(nn.Module):
         return self._raw(x, t, y, None)
 
     def _raw(self, x: Tensor, t: Tensor, y: Tensor | None, coeffs: tuple[Tensor, Tensor] | None) -> Tensor:
-        """:meth:`raw`, reusing ``coeffs = (alpha_t, sigma_t)`` where the caller has them (the ``edm`` input)."""
+        """:meth:`raw`, reusing ``coeffs = (alpha_t, sigma_t)`` where the caller has them (the ``edm`` input). With
+        ``learn_variance`` the prediction half; outside autograd the variance half is kept for
+        :meth:`variance_weight` at the same ``(x, t, y)``, so a sampler asking for both pays one evaluation."""
+        out = self._net(x, t, y, coeffs)
+        if not self.learn_variance:
+            return out
+        pred, v_raw = self._split(out, x)
+        self._memo = None if torch.is_grad_enabled() else (x, _version(x), t.detach().clone(), y, v_raw)
+        return pred
+
+    def _split(self, out: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        c = x.shape[1]
+        if out.shape[1] != 2 * c or out.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"learn_variance needs a network output with twice the input's channels, {(2 * c, *x.shape[2:])} "
+                f"per sample, got {tuple(out.shape[1:])} (e.g. UNet(out_channels=2 in_channels), MLP(out_features=2 D))"
+            )
+        return out[:, :c], out[:, c:]
+
+    def variance_weight(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Improved DDPM's interpolation weight ``v = (v_raw + 1)/2`` at ``(x_t, t)``, ``(B, *D)``: a reverse step
+        from ``t`` to ``s`` has variance ``exp(v log beta + (1 - v) log beta~)`` (eq. 15; ``beta = G²``, ``beta~ = G²
+        sigma_s²/sigma_t²``). Reuses the evaluation of the last :meth:`score` call at the same ``(x, t, y)``."""
+        if not self.learn_variance:
+            raise ValueError("this model does not learn its variance (ScoreModel(learn_variance=True) does)")
+        memo = self._memo
+        if (
+            memo is not None
+            and memo[0] is x
+            and memo[1] == _version(x)
+            and memo[3] is y
+            and memo[2].shape == t.shape
+            and torch.equal(memo[2], t.to(memo[2].dtype))
+        ):
+            return (memo[4] + 1) / 2
+        return (self._split(self._net(x, t, y, None), x)[1] + 1) / 2
+
+    def eps_and_weight(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The noise prediction and :meth:`variance_weight` from one evaluation (what training needs): each
+        ``(B, *D)``."""
+        if not self.learn_variance:
+            raise ValueError("this model does not learn its variance (ScoreModel(learn_variance=True) does)")
+        coeffs = self._coeffs(x, t)
+        pred, v_raw = self._split(self._net(x, t, y, coeffs), x)
+        return self._eps_from(pred, x, *coeffs), (v_raw + 1) / 2
+
+    def _net(self, x: Tensor, t: Tensor, y: Tensor | None, coeffs: tuple[Tensor, Tensor] | None) -> Tensor:
+        """The network's whole output at ``(x_t, t)`` (in blocks of ``block`` rows if set)."""
         c_noise = noise_condition(self.sde, t, self.time_input).to(x.dtype)
         if self.prediction == "edm":
             alpha, sigma = coeffs if coeffs is not None else self._coeffs(x, t)

@@ -3,6 +3,7 @@ a solver to the end; :func:`sample_steps` yields every step for users who bring 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,10 +16,12 @@ from torch import Tensor
 from ._typing import ScoreFn
 from ._utils import append_dims
 from .noise import PerSampleNoise
+from .parametrization import ScoreModel
 from .sde import SDE
 from .solvers import Solver, SolverSpec, State, StepCallback, get_solver
 from .solvers.budget import BudgetChoice, choose_for_budget
 from .solvers.grids import resolve_grid
+from .solvers.sde import Ancestral
 
 __all__ = ["sample", "sample_steps", "SampleResult", "SampleStep", "CountingScore", "AnalyticFirstStep"]
 
@@ -71,6 +74,19 @@ class AnalyticFirstStep:
             if bool((t == self.t0).all()):
                 return -x / self.sigma2
         return self.score_fn(x, t)
+
+
+def bind_learned_variance(solver: Solver, score_fn: ScoreFn) -> Solver:
+    """``ancestral`` with ``variance="learned"`` and no ``weights`` takes them from ``score_fn`` when it is a
+    :class:`~scoresde.ScoreModel` that learns its variance (its ``variance_weight``)."""
+    if isinstance(solver, Ancestral) and solver.variance == "learned" and solver.weights is None:
+        if isinstance(score_fn, ScoreModel) and score_fn.learn_variance:
+            return dataclasses.replace(solver, weights=score_fn.variance_weight)
+        raise ValueError(
+            "ancestral variance='learned' samples a ScoreModel(learn_variance=True) (trained with HybridLoss); "
+            "this score_fn has no learned variance (pass Ancestral(variance='learned', weights=...) for another)"
+        )
+    return solver
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -199,6 +215,7 @@ def sample(
     built, ts, noise, x, t_end, device = _start(
         sde, shape, solver, steps, generator, seeds, x_init, t_end, grid, device, dtype, solver_options
     )
+    built = bind_learned_variance(built, score_fn)
     shape = tuple(x.shape)
     counted = CountingScore(score_fn)
     trajectory: list[Tensor] | None = [x.cpu()] if return_trajectory else None
@@ -278,6 +295,7 @@ def sample_steps(
     built, ts, noise, x, _, _ = _start(
         sde, shape, solver, steps, generator, seeds, x_init, t_end, grid, device, dtype, solver_options
     )
+    built = bind_learned_variance(built, score_fn)
     counted = CountingScore(score_fn)
     with torch.no_grad():
         for ctx, state in built.steps(counted, sde, x, ts, noise):

@@ -423,7 +423,7 @@ def test_time_grids(sde):
         ("ode", {"rtol": 0.0}, "rtol and atol must be positive"),
         ("torchsde", {"method": "leapfrog"}, "unknown torchsde method 'leapfrog'; available: euler"),
         ("heun", {"S_churn": -1.0}, "S_churn >= 0"),
-        ("ancestral", {"variance": "small"}, "'posterior', 'large' or 'analytic'"),
+        ("ancestral", {"variance": "small"}, "'posterior', 'large', 'analytic' or 'learned'"),
         ("pc", {"corrector": "hmc"}, "unknown corrector 'hmc'; available: annealed_langevin, langevin"),
         ("pc", {"corrector_options": {"snr": -1.0}}, "snr must be positive"),
         ("pc", {"corrector_options": {"n_steps": 0}}, "n_steps must be a positive integer"),

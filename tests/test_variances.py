@@ -105,7 +105,7 @@ def test_analytic_without_a_table_says_what_to_do():
     with pytest.raises(ValueError, match="needs the model's table"):
         sample(mix.score_fn(sde), sde, (4, 2), solver=get_solver("ancestral", variance="analytic"), steps=3,
                generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match="'posterior', 'large' or 'analytic'"):
+    with pytest.raises(ValueError, match="'posterior', 'large', 'analytic' or 'learned'"):
         get_solver("ancestral", variance="optimal")
 
 

@@ -18,6 +18,7 @@ import lightning as L
 
 from .._typing import ScoreFn
 from ..guidance import classifier_free, null_condition
+from ..hybrid import HybridLoss
 from ..likelihood import GaussianPrior, diffused_prior
 from ..losses import DSMLoss, Loss
 from ..noise import PerSampleNoise, index_seeds
@@ -139,6 +140,8 @@ class ScoreModule(L.LightningModule):
             probability that a training example's condition is replaced by the null condition (label ``-1``, or a NaN
             vector), so one model learns both ``s(x, t, y)`` and ``s(x, t, ∅)`` for classifier-free guidance
             (0.1–0.2 is usual; 0 trains a purely conditional model).
+        learn_variance: the network also outputs improved DDPM's reverse-variance interpolation (twice the data's
+            channels; train with ``loss: scoresde.HybridLoss``; sample with ``ancestral`` and ``variance: learned``).
 
     Gradient clipping, mixed precision (``precision: bf16-mixed``) and distribution (``strategy: ddp``,
     ``devices``, ``num_nodes``) are the Trainer's job. The training noise (times ``t``, ``z`` and label dropout) of
@@ -169,6 +172,7 @@ class ScoreModule(L.LightningModule):
         transform: DataTransform | None = None,
         compile: bool = False,
         label_dropout: float = 0.1,
+        learn_variance: bool = False,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -184,8 +188,15 @@ class ScoreModule(L.LightningModule):
         # an unknown name or option fails now, listing the valid ones; an instance (YAML: class_path) is kept as is
         self.sampler = get_solver(sampler, **(sampler_options or {}))
         save_hparams_without_modules(self, inspect.currentframe())
-        self.score_model = ScoreModel(net, sde, prediction=prediction, time_input=time_input, sigma_data=sigma_data)
+        self.score_model = ScoreModel(
+            net, sde, prediction=prediction, time_input=time_input, sigma_data=sigma_data, learn_variance=learn_variance
+        )
         self.sde, self.loss = sde, loss if loss is not None else DSMLoss()
+        if learn_variance != isinstance(self.loss, HybridLoss):
+            raise ValueError(
+                "a learned variance is trained by the hybrid loss and only by it: set model.learn_variance: true "
+                "together with model.loss: scoresde.HybridLoss (and a network with twice the data's channels)"
+            )
         edm = self.loss if isinstance(self.loss, DSMLoss) and self.loss.weighting == "edm" else None
         if prediction == "edm" and edm is not None and edm.sigma_data != sigma_data:
             raise ValueError(

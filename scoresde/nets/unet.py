@@ -48,6 +48,8 @@ class UNet(nn.Module):
         dropout: dropout inside residual blocks.
         num_classes: make it class-conditional, ``net(x, c_noise, y)`` with labels ``y: (B,)`` (``-1``: no class).
         cond_dim: make it conditional on vectors ``y: (B, cond_dim)`` (a NaN row: no condition).
+        out_channels: output channels (default ``in_channels``; ``2 in_channels`` for a model that also learns its
+            reverse variance, ``ScoreModel(learn_variance=True)``).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         num_classes: int | None = None,
         cond_dim: int | None = None,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
         if in_channels < 1 or base_channels < 1 or not channel_mult or num_res_blocks < 1:
@@ -93,11 +96,11 @@ class UNet(nn.Module):
                 self.upsample.append(
                     nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1))
                 )
-        self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, out_channels or in_channels, 3, padding=1))
         self._blocks_per_level = num_res_blocks
 
     def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
-        """``x: (B, C, H, W)``, ``c_noise: (B,)``, condition ``y`` (see ``num_classes``) → ``(B, C, H, W)``."""
+        """``x: (B, C, H, W)``, ``c_noise: (B,)``, condition ``y`` (see ``num_classes``) → ``(B, out_channels, H, W)``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet expects images (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         f = 2 ** (self.levels - 1)

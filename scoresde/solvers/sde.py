@@ -105,23 +105,29 @@ class Ancestral(Solver):
     DDPM's ``beta~``; this is ``ddim`` with ``eta = 1``), ``G²`` (``variance="large"``, DDPM's ``beta``) or
     Analytic-DPM's optimal ``beta~ + c² (sigma_t/alpha_t)² Gamma(t)`` (``variance="analytic"``,
     :mod:`scoresde.variances`; ``table`` holds the model's ``Gamma``, which ``scoresde sample`` takes from the
-    checkpoint). The last step returns the mean. Weak order 1.
+    checkpoint) or improved DDPM's learned ``exp(v log G² + (1 - v) log beta~)`` per dimension
+    (``variance="learned"``, :mod:`scoresde.hybrid`; ``weights`` is the model's ``variance_weight``, which reuses the
+    step's score evaluation). The last step returns the mean. Weak order 1.
 
     Args:
-        variance: ``"posterior"``, ``"large"`` or ``"analytic"``.
+        variance: ``"posterior"``, ``"large"``, ``"analytic"`` or ``"learned"``.
         table: the :class:`~scoresde.variances.EpsNormTable` of the model (``variance="analytic"`` only).
+        weights: ``v(x_t, t) -> (B, *D)``, e.g. ``ScoreModel.variance_weight`` (``variance="learned"`` only).
     """
 
     variance: str = "posterior"
     table: EpsNormTable | None = None
+    weights: ScoreFn | None = None
 
     convergence_order = 1.0
     stochastic = True
     evaluations_per_step = 1
 
     def __post_init__(self) -> None:
-        if self.variance not in ("posterior", "large", "analytic"):
-            raise ValueError(f"ancestral variance must be 'posterior', 'large' or 'analytic', got {self.variance!r}")
+        if self.variance not in ("posterior", "large", "analytic", "learned"):
+            raise ValueError(
+                f"ancestral variance must be 'posterior', 'large', 'analytic' or 'learned', got {self.variance!r}"
+            )
         if self.table is not None and not isinstance(self.table, EpsNormTable):
             raise ValueError(f"ancestral table must be an EpsNormTable (scoresde.variances), got {type(self.table)}")
 
@@ -142,6 +148,15 @@ class Ancestral(Solver):
                     "sde, data) (checkpoints written by `scoresde fit` carry one)"
                 )
             var = analytic_variance(self.table, ct.alpha, ct.sigma, ct.lam, cn.alpha, cn.sigma, posterior)
+        elif self.variance == "learned":
+            if self.weights is None:
+                raise ValueError(
+                    "ancestral variance='learned' needs the model's weights: Ancestral(variance='learned', "
+                    "weights=model.variance_weight) for a ScoreModel(learn_variance=True)"
+                )
+            v = self.weights(x, tvec(x, ct.t).to(x.dtype))
+            std = torch.exp(0.5 * (v * math.log(G2) + (1 - v) * math.log(posterior)))
+            return State(mean + std * ctx.noise(x), denoised=x0)
         else:
             var = posterior if self.variance == "posterior" else G2
         return State(mean + math.sqrt(var) * ctx.noise(x), denoised=x0)
