@@ -1,4 +1,5 @@
-"""Progressive distillation of the exact teacher: students at 8, 4 and 2 steps against the teacher's own DDIM.
+"""Progressive and consistency distillation of the exact teacher: students at 8, 4, 2 and 1 steps against the
+teacher's own DDIM.
 
 For each target (the 2-D ring; a 64-D anisotropic mixture) the teacher is the exact data prediction
 (``GaussianMixture.denoise``) with deterministic DDIM on 256 uniform steps under VP. Each student predicts
@@ -8,6 +9,10 @@ distillation from the teacher's weights does) and is trained by ``scoresde.disti
 steps, the pathwise RMSE to the teacher's 256-step map, the Fréchet distance to the data and the mode-mass TV, for
 the student and for the teacher's own DDIM at the same step count, next to the 256-step teacher's (the exact ODE
 limit up to its own discretization) and the noise floor of exact samples.
+
+A consistency student (the same network, ``scoresde.distill.ConsistencyDistillation`` on the teacher's 64-step DDIM
+grid, EMA target ``mu = 0.95``) gets the progressive run's whole budget (7 stages × ``--steps`` Adam steps) and is
+sampled in 1 step (``f(x_T, T)``, deterministic) and 2 (the ``consistency`` solver, re-noised at ``T/2``).
 
     python benchmarks/distill.py [--steps 1500] [--n 4000]
 """
@@ -24,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scoresde import VPSDE, GaussianMixture
-from scoresde.distill import ProgressiveDistillation, ddim_step
+from scoresde import VPSDE, GaussianMixture, sample
+from scoresde.distill import ConsistencyDistillation, ProgressiveDistillation, ddim_step
 from scoresde.metrics import frechet_gaussian, mode_mass_error
 from scoresde.nets.embeddings import SinusoidalEmbedding
 
@@ -62,6 +67,37 @@ def ddim_map(x0_fn, pd: ProgressiveDistillation, x: torch.Tensor, steps: int) ->
             a_t, s_t, a_s, s_s = (float(v[0]) for v in (sde.alpha(tt), sde.sigma(tt), sde.alpha(ss), sde.sigma(ss)))
             x = ddim_step(x0_fn(x, tt), x, a_t, s_t, a_s, s_s)
     return x
+
+
+def consistency_student(mix: GaussianMixture, sde: VPSDE, exact_x0, iters: int) -> Student:
+    """A :class:`Student` trained by consistency distillation of the exact teacher on 64 DDIM steps."""
+    cd = ConsistencyDistillation(sde, steps=64)
+    student, target = Student(mix, sde), Student(mix, sde).requires_grad_(False)
+    opt = torch.optim.Adam(student.parameters(), lr=3e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / iters)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(iters):
+        x = mix.sample(512, generator=g, dtype=F64)
+        opt.zero_grad()
+        cd.per_sample(student, target, exact_x0, x, generator=g).mean().backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for p, q in zip(target.parameters(), student.parameters()):
+                p.lerp_(q, 0.05)
+    return student.requires_grad_(False)
+
+
+def consistency_samples(x0_fn, sde: VPSDE, x_T: torch.Tensor, steps: int) -> torch.Tensor:
+    """The ``consistency`` solver on ``steps`` uniform steps, driven by the score of ``x0_fn``."""
+
+    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = sde.alpha(t.double())[:, None], sde.sigma(t.double())[:, None]
+        return (a * x0_fn(x, t) - x) / s**2
+
+    with torch.no_grad():
+        return sample(score, sde, tuple(x_T.shape), solver="consistency", steps=steps, x_init=x_T,
+                      seeds=torch.arange(x_T.shape[0]), dtype=F64).x
 
 
 def metrics(x: torch.Tensor, ref: torch.Tensor, mix: GaussianMixture) -> dict[str, float]:
@@ -107,7 +143,7 @@ def main() -> None:
             frozen.requires_grad_(False)
             teacher = frozen
             if steps in (8, 4, 2):
-                row = {"target": name, "steps": steps,
+                row = {"target": name, "steps": steps, "method": "progressive",
                        "student": metrics(ddim_map(frozen, pd, x_T, steps), reference, mix),
                        "teacher_ddim": metrics(ddim_map(exact_x0, pd, x_T, steps), reference, mix),
                        "teacher_256": metrics(reference, reference, mix), "floor": floor,
@@ -118,6 +154,18 @@ def main() -> None:
                       f"  | teacher ddim rmse {d['rmse']:.4f} fd {d['fd']:.4g} tv {d['mode_tv']:.4f}"
                       f"  | 256-step fd {row['teacher_256']['fd']:.4g} tv {row['teacher_256']['mode_tv']:.4f}"
                       f"  | floor fd {floor['fd']:.4g} tv {floor['mode_tv']:.4f}  ({row['seconds']:.0f} s)", flush=True)
+        t0 = time.time()
+        cm = consistency_student(mix, sde, exact_x0, 7 * args.steps)
+        for steps in (2, 1):
+            row = {"target": name, "steps": steps, "method": "consistency",
+                   "student": metrics(consistency_samples(cm, sde, x_T, steps), reference, mix),
+                   "teacher_ddim": metrics(ddim_map(exact_x0, pd, x_T, steps), reference, mix),
+                   "teacher_256": metrics(reference, reference, mix), "floor": floor, "seconds": time.time() - t0}
+            rows.append(row)
+            s, d = row["student"], row["teacher_ddim"]
+            print(f"{name:7} {steps:2d} steps  consistency rmse {s['rmse']:.4f} fd {s['fd']:.4g} tv {s['mode_tv']:.4f}"
+                  f"  | teacher ddim rmse {d['rmse']:.4f} fd {d['fd']:.4g} tv {d['mode_tv']:.4f}"
+                  f"  ({row['seconds']:.0f} s)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "steps_per_stage": args.steps,
                                     "n": args.n, "rows": rows}, indent=1))

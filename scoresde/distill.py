@@ -17,9 +17,21 @@ data ``x`` and a time drawn from the student's ``N`` grid points. The student th
 stage, at half the steps. Grids are ``scoresde.solvers.timesteps``' (``uniform`` or ``log_snr``), whose ``N``-step
 grid is every other point of the ``2N``-step one, so the student is sampled by ``ddim`` on its own grid.
 
+Consistency distillation (Song et al., 2023, "Consistency models", Algorithm 2) is the one-step end of the same
+machinery. Its consistency function is written through the student's data prediction as the DDIM step to the end,
+
+    f_theta(z_t, t) = DDIM(x̂_theta(z_t, t), t → t_end),
+
+which is the identity at ``t = t_end`` (the boundary condition ``f(z, t_end) = z`` holds exactly). On an ``N``-step
+grid, a pair ``t_n > t_n+1`` is drawn, ``z_t_n = alpha x + sigma eps``, one teacher DDIM step gives ``ẑ_t_n+1``, and
+the loss is ``mean‖f_theta(z_t_n, t_n) - f_theta⁻(ẑ_t_n+1, t_n+1)‖²`` with ``theta⁻`` an exponential moving average
+of ``theta`` (the target network, ``theta⁻ ← mu theta⁻ + (1 - mu) theta``). A consistency model samples in one step,
+``f(z_T, T)``, or alternates it with re-noising (the ``consistency`` solver).
+
 Closed form (``tests/test_distill.py``): for ``N(0, s² I)`` data the exact ``x̂ = alpha s² z / (alpha² s² + sigma²)``
 is linear, every DDIM step is ``z_s = c(t, s) z_t``, and the optimal student coefficient is the product of the
-teacher's two.
+teacher's two; a consistency student's ``f(z, t_n) = k_n z`` has the fixed point ``k_n = c_n k_n+1``, ``k_N = 1``:
+its one step from ``T`` is the teacher's whole ``N``-step map.
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ from .noise import PerSampleNoise, standard_normal, standard_uniform
 from .sde import SDE
 from .solvers.timesteps import get_timesteps
 
-__all__ = ["ProgressiveDistillation", "ddim_step", "X0Fn"]
+__all__ = ["ProgressiveDistillation", "ConsistencyDistillation", "ddim_step", "X0Fn"]
 
 X0Fn = Callable[[Tensor, Tensor], Tensor]
 """``x0_fn(z_t, t) -> x̂_0``: a data prediction (``ScoreModel.x0``, ``GaussianMixture.denoise`` bound to an SDE)."""
@@ -132,3 +144,63 @@ class ProgressiveDistillation:
         x_tilde = self.target(teacher, z, t, t_mid, t_next)
         err = (student(z, t.to(x0.dtype)) - x_tilde).pow(2).flatten(1).mean(1)
         return self.weight(t).to(err.dtype) * err
+
+
+class ConsistencyDistillation:
+    """The consistency-distillation objective (module docstring) on an ``N``-step grid.
+
+    Args:
+        sde: the teacher's SDE.
+        steps: ``N``, the teacher's DDIM steps between ``T`` and ``t_end`` (adjacent pairs are distilled).
+        grid: a time grid of ``scoresde.solvers.timesteps`` (``"uniform"``, ``"log_snr"``, ...).
+        t_end: the end time ``f`` maps to (default: the SDE's ``sampling_eps``).
+    """
+
+    def __init__(self, sde: SDE, steps: int = 64, grid: str = "uniform", t_end: float | None = None) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"consistency distillation steps must be a positive integer, got {steps!r}")
+        self.sde, self.steps, self.grid_name = sde, steps, grid
+        self.t_end = float(sde.sampling_eps if t_end is None else t_end)
+        self.times = get_timesteps(grid, sde, self.t_end, steps).to(torch.float64)
+
+    def __repr__(self) -> str:
+        return f"ConsistencyDistillation(steps={self.steps}, grid={self.grid_name!r}, t_end={self.t_end:g})"
+
+    def _coeffs(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        tt = t.to(torch.float64)
+        return (
+            append_dims(self.sde.alpha(tt), like.ndim).to(like.dtype),
+            append_dims(self.sde.sigma(tt), like.ndim).to(like.dtype),
+        )
+
+    def consistency(self, x0_fn: X0Fn, z: Tensor, t: Tensor) -> Tensor:
+        """``f(z_t, t) = DDIM(x̂(z_t, t), t → t_end)`` for ``z: (B, *D)`` at times ``t: (B,)``."""
+        a_t, s_t = self._coeffs(t, z)
+        a_e, s_e = self._coeffs(torch.full_like(t, self.t_end, dtype=torch.float64), z)
+        return ddim_step(x0_fn(z, t.to(z.dtype)), z, a_t, s_t, a_e, s_e)
+
+    def per_sample(
+        self,
+        student: X0Fn,
+        target: X0Fn,
+        teacher: X0Fn,
+        x0: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        noise: PerSampleNoise | None = None,
+    ) -> Tensor:
+        """The loss of each data point ``x0: (B, *D)``, ``(B,)``: a pair ``n`` of the grid drawn uniformly, ``z`` from
+        the forward kernel at ``t_n``, one teacher DDIM step to ``t_n+1``, ``mean‖f_student - f_target‖²``."""
+        check_batch(x0, "x0")
+        B = x0.shape[0]
+        times = self.times.to(x0.device)
+        u = standard_uniform(B, x0.device, generator, noise)
+        n = (u * self.steps).floor().long().clamp(0, self.steps - 1)
+        t, s = times[n], times[n + 1]
+        eps = standard_normal(x0, generator, noise)
+        a_t, s_t = self._coeffs(t, x0)
+        z = a_t * x0 + s_t * eps
+        with torch.no_grad():
+            z_next = ddim_step(teacher(z, t.to(x0.dtype)), z, a_t, s_t, *self._coeffs(s, x0))
+            goal = self.consistency(target, z_next, s)
+        return (self.consistency(student, z, t) - goal).pow(2).flatten(1).mean(1)

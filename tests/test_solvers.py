@@ -146,7 +146,9 @@ def test_sample_error_shrinks_as_steps_grow(config):
 
 
 def test_every_registered_solver_is_covered():
-    assert {GENEROUS[c][0] for c in GENEROUS} == set(solvers.SOLVERS) - {"reversible_heun"}
+    # consistency samples a consistency model, not a score: with the exact score it is not meant to reach the data
+    # (tests/test_distill.py checks it against the consistency function)
+    assert {GENEROUS[c][0] for c in GENEROUS} == set(solvers.SOLVERS) - {"reversible_heun", "consistency"}
 
 
 def _slope(steps, errs):

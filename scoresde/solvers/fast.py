@@ -62,6 +62,28 @@ class DDIM(Solver):
 
 
 @dataclass
+class Consistency(Solver):
+    """Multistep consistency sampling (Song et al., 2023, Algorithm 1) of a consistency model whose data prediction
+    ``x̂_0`` defines ``f(x_t, t) = DDIM(x̂_0, t → t_end)`` (:class:`scoresde.distill.ConsistencyDistillation`). One step
+    from ``T`` is ``f(x_T, T)``; with more, each step before the last re-noises the model's sample to the next time,
+    ``x_s = alpha_s x̂_0 + sigma_s z`` (the sample at ``t_end`` taken as ``x̂_0``), and the last returns ``f``.
+    Any grid works (the paper picks its intermediate times by hand; ``uniform`` is a fair default).
+    """
+
+    convergence_order = 0.0  # not a discretisation of an equation: more steps trade noise for refinement
+    stochastic = True
+    evaluations_per_step = 1
+
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        ct, cn = ctx.now, ctx.next
+        x = state.x
+        eps, x0 = eps_and_x0(score_fn, x, ct)
+        if ctx.is_last:
+            return State(cn.alpha * x0 + cn.sigma * eps, denoised=x0)  # DDIM to t_end: f(x, t)
+        return State(cn.alpha * x0 + cn.sigma * ctx.noise(x), denoised=x0)
+
+
+@dataclass
 class DPMSolver(Solver):
     """Singlestep DPM-Solver (Lu et al., 2022, Algorithms 1 and DPM-Solver-2/3) with noise prediction.
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from .base import Solver
 from .correctors import AnnealedLangevin, Corrector, Langevin, NoPredictor, PredictorCorrector
-from .fast import DDIM, ERSDE, DPMSolver, DPMSolverPP, DPMSolverPPSDE, Heun, Restart
+from .fast import DDIM, ERSDE, Consistency, DPMSolver, DPMSolverPP, DPMSolverPPSDE, Heun, Restart
 from .multistep import DEIS, IPNDM, UniPC
 from .ode import ProbabilityFlow
 from .sde import SRK, AdaptiveReverseSDE, Ancestral, EulerMaruyama, Milstein, ReverseDiffusion, ReversibleHeun, TorchSDE
@@ -42,6 +42,8 @@ SOLVERS: dict[str, type[Solver]] = {
     "unipc": UniPC,
     "deis": DEIS,
     "ipndm": IPNDM,
+    # consistency models (scoresde distill with method: consistency)
+    "consistency": Consistency,
 }
 """Solver classes by name."""
 
