@@ -9,6 +9,9 @@ Hutchinson trace).
 
     python benchmarks/digits_fid.py --ckpt digits_vp=runs/digits_vp/checkpoints/last.ckpt ... [--bpd-limit 64]
                                     [--out benchmarks/results/digits_fid.json]
+
+An entry ``name=CKPT,solver=ddim,steps=4`` samples with that solver and step count instead of the model's own
+(``scoresde evaluate --solver --steps``); bits/dim are not computed for such an entry (they do not depend on it).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=3 * SET)
     p.add_argument("--bpd-limit", type=int, default=0, help="test points for bits/dim (0: skip)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/digits_fid.json")
+    p.add_argument("--keep", action="store_true", help="keep the other rows already in --out")
     a = p.parse_args()
     dm = DigitsDataModule()
     extract = evaluation.feature_extractor("digits")
@@ -56,16 +60,18 @@ def main() -> None:
     rows: dict[str, dict] = {"test split (floor)": score_sets(stats, dm.test_raw.numpy(), extract)}
     with tempfile.TemporaryDirectory() as tmp:
         for pair in a.ckpt:
-            name, ckpt = pair.split("=", 1)
+            name, spec = pair.split("=", 1)
+            ckpt, *settings = spec.split(",")
+            sampling = [arg for kv in settings for arg in (f"--{kv.split('=', 1)[0]}", kv.split("=", 1)[1])]
             t0 = time.perf_counter()
             out = Path(tmp) / name
-            scoresde(["evaluate", "--ckpt", ckpt, "--n", str(a.n), "--data", "DigitsDataModule", "--progress",
-                      "false", "--kid-subset-size", str(SET), "--out", str(out)])
+            scoresde(["evaluate", "--ckpt", ckpt, *sampling, "--n", str(a.n), "--data", "DigitsDataModule",
+                      "--progress", "false", "--kid-subset-size", str(SET), "--out", str(out)])
             record = json.loads((out / "metrics.json").read_text())
             images = np.load(out / "samples" / "samples.npz")["samples"]
             row = {"fid_all": record["fid"], "n": len(images), **score_sets(stats, images, extract),
                    "sample_and_eval_seconds": round(time.perf_counter() - t0, 1)}
-            if a.bpd_limit:
+            if a.bpd_limit and not sampling:
                 scoresde(["likelihood", "--ckpt", ckpt, "--split", "test", "--limit", str(a.bpd_limit), "--trace",
                           "hutchinson", "--progress", "false", "--out", str(out / "bpd")])
                 summary = json.loads((out / "bpd" / "summary.json").read_text())
@@ -78,6 +84,8 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<22}" + "".join(f"{row.get(k, float('nan')):>20.4g}" for k in keys))
     a.out.parent.mkdir(parents=True, exist_ok=True)
+    if a.keep and a.out.exists():  # add to an earlier run's rows
+        rows = {**json.loads(a.out.read_text()), **rows}
     a.out.write_text(json.dumps(rows, indent=1))
     print(f"wrote {a.out}")
 

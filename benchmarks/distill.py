@@ -14,7 +14,9 @@ A consistency student (the same network, ``scoresde.distill.ConsistencyDistillat
 grid, EMA target ``mu = 0.95``) gets the progressive run's whole budget (7 stages × ``--steps`` Adam steps) and is
 sampled in 1 step (``f(x_T, T)``, deterministic) and 2 (the ``consistency`` solver, re-noised at ``T/2``).
 
-    python benchmarks/distill.py [--steps 1500] [--n 4000]
+    python benchmarks/distill.py [--steps 1500] [--n 4000] [--methods progressive consistency]
+
+``--methods`` runs some of the two and keeps the other's rows of an earlier run in the JSON.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500, help="Adam steps per stage")
     ap.add_argument("--n", type=int, default=4000, help="held-out x_T")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distill.json")
+    ap.add_argument("--methods", nargs="+", default=["progressive", "consistency"],
+                    choices=["progressive", "consistency"])
     args = ap.parse_args()
     torch.manual_seed(0)
     sde = VPSDE()
@@ -128,7 +132,7 @@ def main() -> None:
         teacher, steps = exact_x0, 256
         g = torch.Generator().manual_seed(0)
         student = Student(mix, sde)
-        while steps > 2:
+        while steps > 2 and "progressive" in args.methods:
             steps //= 2
             opt = torch.optim.Adam(student.parameters(), lr=3e-4)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / args.steps)
@@ -154,6 +158,8 @@ def main() -> None:
                       f"  | teacher ddim rmse {d['rmse']:.4f} fd {d['fd']:.4g} tv {d['mode_tv']:.4f}"
                       f"  | 256-step fd {row['teacher_256']['fd']:.4g} tv {row['teacher_256']['mode_tv']:.4f}"
                       f"  | floor fd {floor['fd']:.4g} tv {floor['mode_tv']:.4f}  ({row['seconds']:.0f} s)", flush=True)
+        if "consistency" not in args.methods:
+            continue
         t0 = time.time()
         cm = consistency_student(mix, sde, exact_x0, 7 * args.steps)
         for steps in (2, 1):
@@ -166,6 +172,9 @@ def main() -> None:
             print(f"{name:7} {steps:2d} steps  consistency rmse {s['rmse']:.4f} fd {s['fd']:.4g} tv {s['mode_tv']:.4f}"
                   f"  | teacher ddim rmse {d['rmse']:.4f} fd {d['fd']:.4g} tv {d['mode_tv']:.4f}"
                   f"  ({row['seconds']:.0f} s)", flush=True)
+    if args.out.exists():  # keep the rows of the methods not run now
+        earlier = json.loads(args.out.read_text())["rows"]
+        rows += [r for r in earlier if r.get("method", "progressive") not in args.methods]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "steps_per_stage": args.steps,
                                     "n": args.n, "rows": rows}, indent=1))
