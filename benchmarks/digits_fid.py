@@ -51,13 +51,17 @@ def main() -> None:
     p.add_argument("--ckpt", nargs="+", required=True, help="name=checkpoint pairs")
     p.add_argument("--n", type=int, default=3 * SET)
     p.add_argument("--bpd-limit", type=int, default=0, help="test points for bits/dim (0: skip)")
+    p.add_argument("--bpd-entries", nargs="+", default=None, help="the entries bits/dim are computed for (default: all)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/digits_fid.json")
     p.add_argument("--keep", action="store_true", help="keep the other rows already in --out")
+    p.add_argument("--figure", type=Path, default=None, help="also tile entries' first 32 samples into this PNG")
+    p.add_argument("--figure-entries", nargs="+", default=None, help="the entries in the figure (default: all)")
     a = p.parse_args()
     dm = DigitsDataModule()
     extract = evaluation.feature_extractor("digits")
     stats = evaluation.ReferenceStats.from_features("digits", evaluation.extract_features(extract, dm.train_raw)[0])
     rows: dict[str, dict] = {"test split (floor)": score_sets(stats, dm.test_raw.numpy(), extract)}
+    panels = []
     with tempfile.TemporaryDirectory() as tmp:
         for pair in a.ckpt:
             name, spec = pair.split("=", 1)
@@ -71,13 +75,23 @@ def main() -> None:
             images = np.load(out / "samples" / "samples.npz")["samples"]
             row = {"fid_all": record["fid"], "n": len(images), **score_sets(stats, images, extract),
                    "sample_and_eval_seconds": round(time.perf_counter() - t0, 1)}
-            if a.bpd_limit and not sampling:
+            if a.bpd_limit and not sampling and (a.bpd_entries is None or name in a.bpd_entries):
                 scoresde(["likelihood", "--ckpt", ckpt, "--split", "test", "--limit", str(a.bpd_limit), "--trace",
                           "hutchinson", "--progress", "false", "--out", str(out / "bpd")])
                 summary = json.loads((out / "bpd" / "summary.json").read_text())
                 row.update(bpd=summary["bpd"], bpd_stderr=summary["bpd_stderr"])
             rows[name] = row
+            panels.append((name, images[:32]))
             print(name, json.dumps(row), flush=True)
+    if a.figure is not None:
+        import torch
+
+        from scoresde.plotting import image_panels
+
+        top = float(dm.train_raw.max())
+        chosen = [(n, x) for n, x in panels if a.figure_entries is None or n in a.figure_entries]
+        image_panels([(n, torch.as_tensor(x, dtype=torch.float32) / top) for n, x in chosen], a.figure, ncol=8)
+        print(f"wrote {a.figure}")
     keys = ["fid_all", "fid_297_mean", "fid_297_sd", "kid_297_mean", "precision_297_mean", "recall_297_mean",
             "inception_score_297_mean", "bpd"]
     print(f"\n{'':<22}" + "".join(f"{k:>20}" for k in keys))
