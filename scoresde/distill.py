@@ -61,6 +61,16 @@ def ddim_step(x0: Tensor, z: Tensor, alpha_t: Tensor, sigma_t: Tensor, alpha_s: 
     return alpha_s * x0 + (sigma_s / sigma_t) * (z - alpha_t * x0)
 
 
+def coefficients(sde: SDE, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``alpha_t`` and ``sigma_t`` at times ``t: (B,)`` (computed in float64), shaped and typed to broadcast against
+    ``like``."""
+    tt = t.to(torch.float64)
+    return (
+        append_dims(sde.alpha(tt), like.ndim).to(like.dtype),
+        append_dims(sde.sigma(tt), like.ndim).to(like.dtype),
+    )
+
+
 class ProgressiveDistillation:
     """The distillation objective of one stage and the grids of all of them.
 
@@ -97,11 +107,7 @@ class ProgressiveDistillation:
         return get_timesteps(self.grid_name, self.sde, self.t_end, steps).to(torch.float64)
 
     def _coeffs(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        tt = t.to(torch.float64)
-        return (
-            append_dims(self.sde.alpha(tt), like.ndim).to(like.dtype),
-            append_dims(self.sde.sigma(tt), like.ndim).to(like.dtype),
-        )
+        return coefficients(self.sde, t, like)
 
     @torch.no_grad()
     def target(self, teacher: X0Fn, z: Tensor, t: Tensor, t_mid: Tensor, t_next: Tensor) -> Tensor:
@@ -167,11 +173,7 @@ class ConsistencyDistillation:
         return f"ConsistencyDistillation(steps={self.steps}, grid={self.grid_name!r}, t_end={self.t_end:g})"
 
     def _coeffs(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        tt = t.to(torch.float64)
-        return (
-            append_dims(self.sde.alpha(tt), like.ndim).to(like.dtype),
-            append_dims(self.sde.sigma(tt), like.ndim).to(like.dtype),
-        )
+        return coefficients(self.sde, t, like)
 
     def consistency(self, x0_fn: X0Fn, z: Tensor, t: Tensor) -> Tensor:
         """``f(z_t, t) = DDIM(x̂(z_t, t), t → t_end)`` for ``z: (B, *D)`` at times ``t: (B,)``."""

@@ -40,7 +40,7 @@ def test_fit_writes_picture_and_summary(tmp_path, monkeypatch):
     "override, message",
     [
         (["--model.sde.init_args.beta_min", "30"], "beta_min < beta_max"),
-        (["--model.sampler", "not_a_solver"], "available: adaptive_sde, ancestral, ddim, deis, dpm_solver, dpm_solver_pp"),
+        (["--model.sampler", "not_a_solver"], "available: adaptive_sde, ancestral, consistency, ddim, deis, dpm_solver"),
         (["--model.loss.init_args.weighting", "snr"], "weighting"),
         (["--data.init_args.name", "spiral"], "name"),
     ],
