@@ -42,7 +42,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ._utils import append_dims, check_batch
+from ._utils import check_batch
 from .noise import PerSampleNoise, standard_normal, standard_uniform
 from .sde import SDE
 from .solvers.timesteps import get_timesteps
@@ -59,16 +59,6 @@ def ddim_step(x0: Tensor, z: Tensor, alpha_t: Tensor, sigma_t: Tensor, alpha_s: 
     """One deterministic DDIM step from ``t`` to ``s`` given the data prediction ``x0`` at ``(z, t)``: ``alpha_s x0 +
     (sigma_s/sigma_t)(z - alpha_t x0)`` (coefficients broadcast against ``z``)."""
     return alpha_s * x0 + (sigma_s / sigma_t) * (z - alpha_t * x0)
-
-
-def coefficients(sde: SDE, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    """``alpha_t`` and ``sigma_t`` at times ``t: (B,)`` (computed in float64), shaped and typed to broadcast against
-    ``like``."""
-    tt = t.to(torch.float64)
-    return (
-        append_dims(sde.alpha(tt), like.ndim).to(like.dtype),
-        append_dims(sde.sigma(tt), like.ndim).to(like.dtype),
-    )
 
 
 class ProgressiveDistillation:
@@ -106,16 +96,13 @@ class ProgressiveDistillation:
             raise ValueError(f"steps must be >= 1, got {steps}")
         return get_timesteps(self.grid_name, self.sde, self.t_end, steps).to(torch.float64)
 
-    def _coeffs(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        return coefficients(self.sde, t, like)
-
     @torch.no_grad()
     def target(self, teacher: X0Fn, z: Tensor, t: Tensor, t_mid: Tensor, t_next: Tensor) -> Tensor:
         """The student's target ``x̃`` (module docstring) for ``z: (B, *D)`` at times ``t > t_mid > t_next``, each
         ``(B,)``: two teacher DDIM steps, then the data prediction of the one step that matches them."""
-        a_t, s_t = self._coeffs(t, z)
-        a_m, s_m = self._coeffs(t_mid, z)
-        a_n, s_n = self._coeffs(t_next, z)
+        a_t, s_t = self.sde.coefficients(t, z)
+        a_m, s_m = self.sde.coefficients(t_mid, z)
+        a_n, s_n = self.sde.coefficients(t_next, z)
         z_mid = ddim_step(teacher(z, t.to(z.dtype)), z, a_t, s_t, a_m, s_m)
         z_next = ddim_step(teacher(z_mid, t_mid.to(z.dtype)), z_mid, a_m, s_m, a_n, s_n)
         ratio = s_n / s_t
@@ -145,7 +132,7 @@ class ProgressiveDistillation:
         i = (u * student_steps).floor().long().clamp(0, student_steps - 1)
         t, t_mid, t_next = fine[2 * i], fine[2 * i + 1], fine[2 * i + 2]
         eps = standard_normal(x0, generator, noise)
-        a_t, s_t = self._coeffs(t, x0)
+        a_t, s_t = self.sde.coefficients(t, x0)
         z = a_t * x0 + s_t * eps
         x_tilde = self.target(teacher, z, t, t_mid, t_next)
         err = (student(z, t.to(x0.dtype)) - x_tilde).pow(2).flatten(1).mean(1)
@@ -172,13 +159,10 @@ class ConsistencyDistillation:
     def __repr__(self) -> str:
         return f"ConsistencyDistillation(steps={self.steps}, grid={self.grid_name!r}, t_end={self.t_end:g})"
 
-    def _coeffs(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        return coefficients(self.sde, t, like)
-
     def consistency(self, x0_fn: X0Fn, z: Tensor, t: Tensor) -> Tensor:
         """``f(z_t, t) = DDIM(x̂(z_t, t), t → t_end)`` for ``z: (B, *D)`` at times ``t: (B,)``."""
-        a_t, s_t = self._coeffs(t, z)
-        a_e, s_e = self._coeffs(torch.full_like(t, self.t_end, dtype=torch.float64), z)
+        a_t, s_t = self.sde.coefficients(t, z)
+        a_e, s_e = self.sde.coefficients(torch.full_like(t, self.t_end, dtype=torch.float64), z)
         return ddim_step(x0_fn(z, t.to(z.dtype)), z, a_t, s_t, a_e, s_e)
 
     def per_sample(
@@ -200,9 +184,9 @@ class ConsistencyDistillation:
         n = (u * self.steps).floor().long().clamp(0, self.steps - 1)
         t, s = times[n], times[n + 1]
         eps = standard_normal(x0, generator, noise)
-        a_t, s_t = self._coeffs(t, x0)
+        a_t, s_t = self.sde.coefficients(t, x0)
         z = a_t * x0 + s_t * eps
         with torch.no_grad():
-            z_next = ddim_step(teacher(z, t.to(x0.dtype)), z, a_t, s_t, *self._coeffs(s, x0))
+            z_next = ddim_step(teacher(z, t.to(x0.dtype)), z, a_t, s_t, *self.sde.coefficients(s, x0))
             goal = self.consistency(target, z_next, s)
         return (self.consistency(student, z, t) - goal).pow(2).flatten(1).mean(1)

@@ -147,7 +147,7 @@ class HybridLoss(Loss):
         i = (u * self.steps).floor().long().clamp(0, self.steps - 1)
         t, s = grid[i], grid[i + 1]
         eps = standard_normal(x0, generator, noise)
-        alpha, sigma = append_dims(sde.alpha(t), x0.ndim).to(x0.dtype), append_dims(sde.sigma(t), x0.ndim).to(x0.dtype)
+        alpha, sigma = sde.coefficients(t, x0)
         x_t = alpha * x0 + sigma * eps
         eps_hat, v = model.eps_and_weight(x_t, t.to(x0.dtype), y)
         simple = (eps - eps_hat).pow(2).flatten(1).mean(1)

@@ -84,6 +84,15 @@ class SDE(abc.ABC):
         check_t(t, self.T)
         return self._alpha(t)
 
+    def coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``alpha_t`` and ``sigma_t`` at ``t: (B,)``, computed in float64 and shaped and typed to broadcast against
+        ``like: (B, *D)``."""
+        tt = t.to(torch.float64)
+        return (
+            append_dims(self.alpha(tt), like.ndim).to(like.dtype),
+            append_dims(self.sigma(tt), like.ndim).to(like.dtype),
+        )
+
     def sigma(self, t: Tensor) -> Tensor:
         """Noise scale ``sigma_t`` of ``x_t = alpha_t x_0 + sigma_t eps``: ``(B,)``."""
         check_t(t, self.T)

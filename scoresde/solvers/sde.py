@@ -147,19 +147,20 @@ class Ancestral(Solver):
                     "ancestral variance='analytic' needs the model's table: scoresde.variances.eps_norm_table(model, "
                     "sde, data) (checkpoints written by `scoresde fit` carry one)"
                 )
-            var = analytic_variance(self.table, ct.alpha, ct.sigma, ct.lam, cn.alpha, cn.sigma, posterior)
+            std: float | Tensor = math.sqrt(
+                analytic_variance(self.table, ct.alpha, ct.sigma, ct.lam, cn.alpha, cn.sigma, posterior)
+            )
         elif self.variance == "learned":
             if self.weights is None:
                 raise ValueError(
                     "ancestral variance='learned' needs the model's weights: Ancestral(variance='learned', "
                     "weights=model.variance_weight) for a ScoreModel(learn_variance=True)"
                 )
-            v = self.weights(x, tvec(x, ct.t).to(x.dtype))
+            v = self.weights(x, tvec(x, ct.t).to(x.dtype))  # per element: exp(v log G² + (1 - v) log beta~)
             std = torch.exp(0.5 * (v * math.log(G2) + (1 - v) * math.log(posterior)))
-            return State(mean + std * ctx.noise(x), denoised=x0)
         else:
-            var = posterior if self.variance == "posterior" else G2
-        return State(mean + math.sqrt(var) * ctx.noise(x), denoised=x0)
+            std = math.sqrt(posterior if self.variance == "posterior" else G2)
+        return State(mean + std * ctx.noise(x), denoised=x0)
 
 
 class _FlippedReverseSDE(torch.nn.Module):
