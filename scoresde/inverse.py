@@ -11,6 +11,15 @@ I.2, the predictor–corrector inpainter and colorizer):
 the forward transition ``x_t = (alpha_t / alpha_next) x_next + sqrt(sigma_t² - (alpha_t / alpha_next)² sigma_next²) z``
 and steps again, so the unobserved part has time to agree with the observed one. ``r = 1`` is plain replacement.
 The last state gets the observation itself in its observed part.
+
+**SMC-Diff** (Trippe et al., 2022, Algorithm 1) makes replacement exact as the number of particles grows. The
+observation is diffused along one forward trajectory ``y_{t_0}, …, y_{t_N}`` (the chain is drawn backwards, each
+``y_s`` from the forward posterior ``q(y_s | y_t, y)``); ``K`` particles per observation carry ``y_t`` in their
+observed part. Each step evaluates the solver's Gaussian kernel ``p(x_s | x_t) = N(m(x_t), std²)`` once per particle,
+weights the particle by the kernel's density of the observed part at the noised observation,
+``w ∝ N(P y_s; P m(x_t), std² P)``, resamples (systematically) when the effective sample size ``1 / Σ w²`` falls
+below ``ess_threshold · K``, and then draws the unobserved part from the kernel. With ``K = 1`` no weight acts and
+it is replacement (with the observation noised along one trajectory instead of afresh at every step).
 """
 
 from __future__ import annotations
@@ -25,11 +34,28 @@ import torch
 from torch import Tensor
 
 from ._typing import NoiseFn, ScoreFn
-from .sampling import SampleResult, sample
+from .noise import PerSampleNoise, child_seeds
+from .sampling import CountingScore, SampleResult, bind_learned_variance, prepare_sampling, resolve_seeds, sample
 from .sde import SDE
-from .solvers import Solver, SolverSpec, State, Step, get_solver
+from .solvers import GaussianStepSolver, Solver, SolverSpec, State, Step, get_solver
+from .solvers.base import grid_steps, posterior_coefficients
 
-__all__ = ["Observation", "MaskObservation", "GrayObservation", "Replacement", "steps_per_step", "inpaint", "colorize"]
+__all__ = [
+    "Observation",
+    "MaskObservation",
+    "GrayObservation",
+    "Replacement",
+    "SMCResult",
+    "smc",
+    "observed_log_density",
+    "systematic_resample",
+    "steps_per_step",
+    "check_smc_options",
+    "inpaint",
+    "colorize",
+]
+
+METHODS = ("replacement", "repaint", "smc")
 
 
 class Observation:
@@ -160,13 +186,181 @@ class Replacement(Solver):
 
 
 def steps_per_step(method: str, resample: int | None = None) -> int:
-    """Solver steps per time step of an inpainting ``method``: 1 for ``"replacement"``, ``resample`` (default 10) for
-    ``"repaint"``; a bad pairing fails with what to pass instead."""
-    if method not in ("replacement", "repaint"):
-        raise ValueError(f"unknown inpainting method {method!r}; use 'replacement' or 'repaint'")
-    if method == "replacement" and resample not in (None, 1):
-        raise ValueError("replacement makes one step per time step; use method='repaint' for resample > 1")
-    return 1 if method == "replacement" else (10 if resample is None else resample)
+    """Solver steps per time step of an inpainting ``method``: 1 for ``"replacement"`` and ``"smc"``, ``resample``
+    (default 10) for ``"repaint"``; a bad pairing fails with what to pass instead."""
+    if method not in METHODS:
+        raise ValueError(f"unknown inpainting method {method!r}; use 'replacement', 'repaint' or 'smc'")
+    if method != "repaint" and resample not in (None, 1):
+        raise ValueError(f"{method} makes one step per time step; use method='repaint' for resample > 1")
+    return 10 if method == "repaint" and resample is None else (resample or 1)
+
+
+def check_smc_options(method: str, particles: int | None, ess_threshold: float = 0.5) -> None:
+    """Refuse SMC options that are out of range or given to another method, saying what to pass instead."""
+    if particles is not None and method != "smc":
+        raise ValueError(f"particles apply to method 'smc', not {method!r}")
+    if particles is not None and (int(particles) != particles or particles < 1):
+        raise ValueError(f"particles must be an integer >= 1, got {particles}")
+    if not 0.0 <= ess_threshold <= 1.0:
+        raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
+
+
+def observed_log_density(observation: Observation, value: Tensor, mean: Tensor, std: float | Tensor) -> Tensor:
+    """``log N(P value; P mean, std² P)`` of ``(B, *D)`` tensors, up to a constant shared by every row: ``(B,)``
+    float64. A per-element ``std: (B, *D)`` (a learned variance) needs a :class:`MaskObservation`."""
+    r = observation.project(value - mean).double().flatten(1)
+    if not isinstance(std, Tensor):
+        if not std > 0:
+            raise ValueError(f"the kernel's std must be positive to weight particles, got {std}")
+        return -0.5 * r.pow(2).sum(1) / std**2
+    if not isinstance(observation, MaskObservation):
+        raise ValueError("a per-element kernel std (a learned variance) needs a MaskObservation to weight particles")
+    known = observation.project(torch.ones_like(value)).double().flatten(1)
+    s = std.double().flatten(1)
+    return -0.5 * (r / s).pow(2).sum(1) - (known * s.log()).sum(1)
+
+
+def systematic_resample(log_weights: Tensor, u: Tensor) -> Tensor:
+    """Systematic resampling (Kitagawa, 1996) of each row of ``log_weights: (B, K)`` with one uniform ``u: (B,)``
+    in ``[0, 1)`` per row: the ancestors ``(B, K)``, particle ``k`` taking the one whose cumulative weight first
+    reaches ``(u + k) / K``. Each ancestor is copied ``⌊K w⌋`` or ``⌈K w⌉`` times."""
+    K = log_weights.shape[1]
+    cum = torch.softmax(log_weights.double(), 1).cumsum(1)
+    positions = (u.double()[:, None] + torch.arange(K, dtype=torch.float64, device=u.device)) / K
+    return torch.searchsorted(cum, positions).clamp_max(K - 1)
+
+
+@dataclass
+class SMCResult(SampleResult):
+    """What :func:`smc` returns: :class:`~scoresde.SampleResult` (``x``: one completion per observation, drawn from
+    the final weighted particles) and the particle system.
+
+    Attributes:
+        particles: the final particles ``(B, K, *D)``.
+        log_weights: their normalised log-weights ``(B, K)`` (float64).
+        resampled: how many steps resampled each observation's particles ``(B,)``.
+    """
+
+    particles: Tensor = dataclasses.field(default_factory=lambda: torch.empty(0))
+    log_weights: Tensor = dataclasses.field(default_factory=lambda: torch.empty(0))
+    resampled: Tensor = dataclasses.field(default_factory=lambda: torch.empty(0))
+
+
+def smc(
+    score_fn: ScoreFn,
+    sde: SDE,
+    y: Tensor,
+    observation: Observation | Tensor,
+    *,
+    particles: int = 16,
+    ess_threshold: float = 0.5,
+    solver: SolverSpec = "euler_maruyama",
+    steps: int = 1000,
+    solver_options: dict[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    seeds: Tensor | None = None,
+    t_end: float | None = None,
+    grid: Any = None,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> SMCResult:
+    """SMC-Diff (Trippe et al., 2022): ``particles`` per observation of ``y: (B, *D)``, weighted by the density of the
+    observed part under the solver's Gaussian step and resampled on the effective sample size (module docstring).
+
+    Args:
+        score_fn, sde: the unconditional score and its SDE.
+        y: the data in model space; only the observed part is used.
+        observation: an :class:`Observation`, or a mask (1: known).
+        particles: ``K``, particles per observation (``K = 1``: replacement).
+        ess_threshold: resample an observation's particles when their effective sample size falls below
+            ``ess_threshold · K`` (1: at every step; 0: never).
+        solver: a solver with a Gaussian step (:class:`~scoresde.solvers.GaussianStepSolver`: ``euler_maruyama``,
+            ``reverse_diffusion``, ``ancestral``); ``steps``, ``solver_options``, ``t_end``, ``grid`` as for
+            :func:`scoresde.sample`.
+        generator, seeds: one seed per observation (as :func:`scoresde.sample` draws them); observation ``b``'s
+            particles and resampling draw from streams derived from its seed alone (:func:`scoresde.noise.child_seeds`),
+            so its completion does not depend on the batch.
+        progress, device, dtype: as for :func:`scoresde.sample`.
+
+    Returns:
+        :class:`SMCResult`; its ``nfe`` counts score calls, each on ``B · K`` rows.
+    """
+    check_smc_options("smc", particles, ess_threshold)
+    K = int(particles)
+    obs = observation if isinstance(observation, Observation) else MaskObservation(observation)
+    B, data_shape = y.shape[0], tuple(y.shape[1:])
+    obs_seeds, device = resolve_seeds(B, generator, seeds, device)
+    streams = child_seeds(obs_seeds, K + 1)  # stream 0: the observation's chain and resampling; 1..K: the particles
+    built, ts, noise, x, _, device = prepare_sampling(
+        sde,
+        (B * K, *data_shape),
+        solver,
+        steps,
+        None,
+        streams[:, 1:].flatten(),
+        None,
+        t_end,
+        grid,
+        device,
+        dtype,
+        solver_options or {},
+    )
+    built = bind_learned_variance(built, score_fn)
+    if not isinstance(built, GaussianStepSolver):
+        raise ValueError(
+            f"smc weights particles by the density of the solver's Gaussian step, which {built.name} has not; use "
+            "euler_maruyama, reverse_diffusion or ancestral"
+        )
+    own = PerSampleNoise(streams[:, 0])
+    y = y.to(device=device, dtype=dtype)
+    counted = CountingScore(score_fn)
+    keep = torch.arange(K, device=device).expand(B, K)
+    first = torch.arange(B, device=device)[:, None] * K
+
+    def each(v: Tensor) -> Tensor:  # (B, *D) -> (B K, *D), the particles of one observation side by side
+        return v.repeat_interleave(K, 0)
+
+    ctxs = list(grid_steps(sde, ts, noise))
+    y_t = ctxs[0].now.alpha * y + ctxs[0].now.sigma * own(y)  # y diffused to T
+    x = obs.replace(x, each(y_t))
+    log_w = torch.zeros(B, K, dtype=torch.float64, device=device)
+    resampled = torch.zeros(B, dtype=torch.long, device=device)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ctxs), desc=f"smc ({K} particles, {built.name})", unit="step")
+    with torch.no_grad():
+        for ctx in ctxs:
+            kernel = built.transition(counted, sde, State(x), ctx)
+            c_t, c_0, var = posterior_coefficients(ctx.now, ctx.next)
+            y_next = c_t * y_t + c_0 * y + math.sqrt(var) * own(y)  # the forward chain, drawn backwards
+            log_w = log_w + observed_log_density(obs, each(y_next), kernel.mean, kernel.std).view(B, K)
+            ess = 1.0 / torch.softmax(log_w, 1).pow(2).sum(1)
+            again = ess < ess_threshold * K
+            ancestors = torch.where(again[:, None], systematic_resample(log_w, own.uniform(device)), keep)
+            rows = (ancestors + first).flatten()
+            log_w = log_w.masked_fill(again[:, None], 0.0)
+            resampled += again
+            mean = kernel.mean[rows]
+            if ctx.is_last:
+                x = obs.replace(mean, each(y))
+            else:
+                std = kernel.std[rows] if isinstance(kernel.std, Tensor) else kernel.std
+                x = obs.replace(mean + std * noise(mean), each(y_next))
+            y_t = y_next
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    log_w = torch.log_softmax(log_w, 1)
+    cum = log_w.exp().cumsum(1)
+    pick = torch.searchsorted(cum, own.uniform(device)[:, None]).clamp_max(K - 1)[:, 0]  # one draw by weight
+    x = x.view(B, K, *data_shape)
+    return SMCResult(
+        x=x[torch.arange(B, device=device), pick], nfe=counted.nfe, particles=x, log_weights=log_w, resampled=resampled
+    )
 
 
 def inpaint(
@@ -177,6 +371,7 @@ def inpaint(
     *,
     method: str = "replacement",
     resample: int | None = None,
+    particles: int | None = None,
     solver: SolverSpec = "euler_maruyama",
     steps: int = 1000,
     solver_options: dict[str, Any] | None = None,
@@ -189,17 +384,32 @@ def inpaint(
         sde: its SDE.
         y: the data; only the observed part (``P y``) is used.
         observation: an :class:`Observation`, or a mask (1: known) for :class:`MaskObservation`.
-        method: ``"replacement"`` or ``"repaint"``.
-        resample: RePaint's jumps per step (default 10 for ``"repaint"``; must be 1 or ``None`` for replacement).
+        method: ``"replacement"``, ``"repaint"`` or ``"smc"`` (:func:`smc`).
+        resample: RePaint's jumps per step (default 10 for ``"repaint"``; must be 1 or ``None`` otherwise).
+        particles: SMC's particles per observation (default 16; ``"smc"`` only).
         solver, steps, solver_options: the sampler that makes the steps.
-        **sample_options: passed to :func:`scoresde.sample` (``seeds``, ``generator``, ``progress``, ``device``, ...).
+        **sample_options: passed to :func:`scoresde.sample` (``seeds``, ``generator``, ``progress``, ``device``, ...)
+            or :func:`smc` (also ``ess_threshold``).
 
     Returns:
         :class:`~scoresde.SampleResult` whose ``x`` agrees with ``y`` on the observed part. A RePaint step costs
         ``resample`` solver steps, and the counted ``nfe`` says so.
     """
     r = steps_per_step(method, resample)
+    check_smc_options(method, particles, sample_options.get("ess_threshold", 0.5))
     obs = observation if isinstance(observation, Observation) else MaskObservation(observation)
+    if method == "smc":
+        return smc(
+            score_fn,
+            sde,
+            y,
+            obs,
+            particles=16 if particles is None else particles,
+            solver=solver,
+            steps=steps,
+            solver_options=solver_options,
+            **sample_options,
+        )
     inner = get_solver(solver, **(solver_options or {}))
     wrapped = Replacement(inner, obs, y, resample=r)
     return sample(score_fn, sde, tuple(y.shape), solver=wrapped, steps=steps, **sample_options)

@@ -22,6 +22,7 @@ __all__ = [
     "PerSampleBrownian",
     "derive_seeds",
     "index_seeds",
+    "child_seeds",
     "splitmix64",
     "keys_from_noise",
     "standard_normal",
@@ -55,6 +56,7 @@ def _signed(c: int) -> int:
 _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _M1 = _signed(0xBF58476D1CE4E5B9)
 _M2 = _signed(0x94D049BB133111EB)
+_CHILD = _signed(0xD1B54A32D192ED03)
 
 
 def _shr(z: Tensor, k: int) -> Tensor:
@@ -82,6 +84,13 @@ def index_seeds(seed: int, index: Tensor) -> Tensor:
     """Seeds of the samples with indices ``index: (n,)`` (any order, e.g. one rank's share of a dataset): ``(n,)``."""
     j = index.to(torch.int64)
     return splitmix64(splitmix64(torch.tensor(seed, dtype=torch.int64, device=j.device) * _GOLDEN + 1) + j * _GOLDEN)
+
+
+def child_seeds(seeds: Tensor, n: int) -> Tensor:
+    """``n`` seeds derived from each of ``seeds: (B,)``: ``(B, n)`` int64, whose streams are independent of each other
+    and of the parents' (e.g. the particles of one observation, :func:`scoresde.inverse.smc`)."""
+    k = torch.arange(1, n + 1, dtype=torch.int64, device=seeds.device)
+    return splitmix64(splitmix64(seeds.to(torch.int64)[:, None] ^ _CHILD) + k[None, :] * _GOLDEN)
 
 
 class PerSampleNoise:

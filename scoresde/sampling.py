@@ -99,7 +99,33 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def _start(
+def resolve_seeds(
+    n: int,
+    generator: torch.Generator | None,
+    seeds: Tensor | Sequence[int] | None,
+    device: torch.device | str | None,
+) -> tuple[Tensor, torch.device]:
+    """One seed per sample, ``(n,)`` on the device sampling runs on: ``seeds`` as given, or drawn as
+    ``torch.randint(2**62, (n,), generator=generator)`` (a fresh unseeded generator when neither is given)."""
+    if seeds is not None and generator is not None:
+        raise ValueError("pass either generator or seeds, not both")
+    if generator is not None:
+        device = torch.device(device) if device is not None else generator.device
+        if generator.device.type != device.type:
+            raise ValueError(f"the generator is on {generator.device} but sampling runs on {device}; create it there")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if seeds is None:
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.seed()
+        seeds = torch.randint(2**62, (n,), generator=generator, device=generator.device)
+    seeds = torch.as_tensor(seeds, device=device)
+    if seeds.shape != (n,):
+        raise ValueError(f"seeds must hold one integer per sample, shape ({n},), got {tuple(seeds.shape)}")
+    return seeds, device
+
+
+def prepare_sampling(
     sde: SDE,
     shape: Sequence[int],
     solver: SolverSpec | None,
@@ -120,21 +146,7 @@ def _start(
     built.check_size(math.prod(shape[1:]))
     ts = resolve_grid("uniform" if grid is None else grid, sde, t_end, steps)
     t_end = float(ts[-1])
-    if seeds is not None and generator is not None:
-        raise ValueError("pass either generator or seeds, not both")
-    if generator is not None:
-        device = torch.device(device) if device is not None else generator.device
-        if generator.device.type != device.type:
-            raise ValueError(f"the generator is on {generator.device} but sampling runs on {device}; create it there")
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if seeds is None:
-        if generator is None:
-            generator = torch.Generator(device=device)
-            generator.seed()
-        seeds = torch.randint(2**62, (shape[0],), generator=generator, device=generator.device)
-    seeds = torch.as_tensor(seeds, device=device)
-    if seeds.shape != (shape[0],):
-        raise ValueError(f"seeds must hold one integer per sample, shape ({shape[0]},), got {tuple(seeds.shape)}")
+    seeds, device = resolve_seeds(shape[0], generator, seeds, device)
     noise = PerSampleNoise(seeds)
     if x_init is None:
         x = sde.prior_sample(shape, noise=noise, device=device, dtype=dtype)
@@ -212,7 +224,7 @@ def sample(
             raise ValueError("nfe picks the solver, its options, the grid and the steps: give nfe or those, not both")
         choice = choose_for_budget(nfe, sde)
         solver, steps, grid, solver_options = choice.solver, choice.steps, choice.grid, dict(choice.options)
-    built, ts, noise, x, t_end, device = _start(
+    built, ts, noise, x, t_end, device = prepare_sampling(
         sde, shape, solver, steps, generator, seeds, x_init, t_end, grid, device, dtype, solver_options
     )
     built = bind_learned_variance(built, score_fn)
@@ -292,7 +304,7 @@ def sample_steps(
     Takes :func:`sample`'s arguments (checked the same way, before the first step) and yields a :class:`SampleStep`
     after every step; the last one holds the samples. Runs under ``torch.no_grad``.
     """
-    built, ts, noise, x, _, _ = _start(
+    built, ts, noise, x, _, _ = prepare_sampling(
         sde, shape, solver, steps, generator, seeds, x_init, t_end, grid, device, dtype, solver_options
     )
     built = bind_learned_variance(built, score_fn)

@@ -120,6 +120,7 @@ def _cases(tmp_path, toy_ckpt):
         (["likelihood", "--ckpt", ck, "--data", str(tmp_path / "nope.yaml"), "--out", out], "--data"),
         (["interpolate", "--ckpt", ck, "--pairs", "0", "--out", out], "--pairs must be >= 1"),
         (["inpaint", "--ckpt", ck, "--method", "magic", "--out", out], "unknown inpainting method 'magic'"),
+        (["inpaint", "--ckpt", ck, "--method", "smc", "--particles", "0", "--out", out], "particles must be an integer"),
         (["nonsense"], "unknown command 'nonsense'"),
     ]
 

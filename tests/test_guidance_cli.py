@@ -106,6 +106,22 @@ def test_inpaint_keeps_the_observed_pixels_and_resumes(digits_ckpt, tmp_path):
         _run(*[a if a != "right" else "left" for a in args])
 
 
+def test_inpaint_by_smc_keeps_the_observation_and_does_not_depend_on_the_batch(digits_ckpt, tmp_path):
+    args = ["inpaint", "--ckpt", str(digits_ckpt), "--mask", "top", "--n", "5", "--method", "smc", "--particles", "3",
+            "--steps", "4", "--seed", "1"]
+    runs = []
+    for batch in (2, 5):
+        out = tmp_path / f"b{batch}"
+        _run(*args, "--batch-size", str(batch), "--out", str(out))
+        runs.append(np.load(out / "inpainted.npz"))
+    known = runs[0]["mask"].astype(bool)
+    assert np.array_equal(runs[0]["samples"][:, known], runs[0]["originals"][:, known])
+    assert np.array_equal(runs[0]["samples"], runs[1]["samples"])  # per-image streams: the batch changes nothing
+    assert len({s.tobytes() for s in runs[0]["samples"]}) == 5
+    with pytest.raises(ValueError, match="particles apply to method 'smc'"):
+        _run(*[a if a != "smc" else "repaint" for a in args], "--out", str(tmp_path / "bad"))
+
+
 def test_masks_from_names_and_files(tmp_path):
     assert load_mask("top", (3, 4, 4))[:, :2].sum() == 0 and load_mask("top", (3, 4, 4))[:, 2:].all()
     assert load_mask("center", (1, 8, 8)).sum() == 64 - 16

@@ -135,7 +135,7 @@ def test_observations_are_orthogonal_projections():
 def test_inpainting_refuses_bad_input():
     sde, gm = VPSDE(), _correlated_mixture()
     y = torch.zeros(4, 2)
-    with pytest.raises(ValueError, match="replacement' or 'repaint"):
+    with pytest.raises(ValueError, match="'repaint' or 'smc'"):
         inpaint(gm.score_fn(sde), sde, y, torch.tensor([1.0, 0.0]), method="ddrm")
     with pytest.raises(ValueError, match="repaint"):
         inpaint(gm.score_fn(sde), sde, y, torch.tensor([1.0, 0.0]), resample=5)

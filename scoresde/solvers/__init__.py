@@ -4,12 +4,14 @@ Add yours by writing one :class:`Solver` subclass and one entry in ``SOLVERS`` (
 """
 
 from .base import Coefficients as Coefficients
+from .base import GaussianStepSolver as GaussianStepSolver
 from .base import IntegratorSolver as IntegratorSolver
 from .base import Solver as Solver
 from .base import SolverSDEIncompatible as SolverSDEIncompatible
 from .base import State as State
 from .base import Step as Step
 from .base import StepCallback as StepCallback
+from .base import Transition as Transition
 from .base import eps_and_x0 as eps_and_x0
 from .correctors import AnnealedLangevin as AnnealedLangevin
 from .correctors import Corrector as Corrector

@@ -30,6 +30,8 @@ from ..sde import SDE
 
 __all__ = [
     "Solver",
+    "GaussianStepSolver",
+    "Transition",
     "State",
     "Step",
     "SolverSDEIncompatible",
@@ -40,6 +42,7 @@ __all__ = [
     "tvec",
     "eps_and_x0",
     "multistep_order",
+    "posterior_coefficients",
 ]
 
 
@@ -122,6 +125,32 @@ class Step:
 StepCallback = Callable[[int, float, State], None]
 """``callback(i, t_next, state)`` after step ``i`` (0-based) has moved the state to time ``t_next``;
 ``state.denoised`` holds the step's ``x̂_0`` where the solver forms one."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A step's Gaussian kernel ``p(x_next | x_t) = N(mean, std² I)`` (``std`` per element where it is a tensor).
+
+    Attributes:
+        mean: ``(B, *D)``; the step returns it unchanged on the last step (the noise-free mean).
+        std: a float shared by every element, or ``(B, *D)``.
+        denoised: the data prediction ``x̂_0`` the step formed at ``t``, where it forms one.
+    """
+
+    mean: Tensor
+    std: float | Tensor
+    denoised: Tensor | None = None
+
+
+def posterior_coefficients(now: Coefficients, next: Coefficients) -> tuple[float, float, float]:
+    """``(c_t, c_0, var)`` of the forward process's posterior ``q(x_s | x_t, x_0) = N(c_t x_t + c_0 x_0, var)``
+    from ``t = now.t`` to ``s = next.t < t`` (Ho et al., 2020, eq. 7, for any ``x_t = alpha_t x_0 + sigma_t eps``):
+    with ``a = alpha_t / alpha_s`` and ``G² = sigma_t² - a² sigma_s²``, ``c_t = a sigma_s² / sigma_t²``,
+    ``c_0 = alpha_s G² / sigma_t²`` and ``var = G² sigma_s² / sigma_t²`` (DDPM's ``beta~``)."""
+    a = now.alpha / next.alpha
+    G2 = max(now.sigma**2 - (a * next.sigma) ** 2, 0.0)
+    s2 = now.sigma**2
+    return a * next.sigma**2 / s2, next.alpha * G2 / s2, G2 * next.sigma**2 / s2
 
 
 def diffusion_at(sde: SDE, t: float) -> float:
@@ -256,6 +285,20 @@ class Solver(abc.ABC):
                 callback(ctx.index, ctx.next.t, state)
             x = state.x
         return x
+
+
+class GaussianStepSolver(Solver):
+    """A solver whose step draws from a Gaussian kernel: implement :meth:`transition`; the step is ``mean + std z``
+    (the mean on the last step). Particle filters (:func:`scoresde.inverse.smc`) weight by the kernel's density."""
+
+    @abc.abstractmethod
+    def transition(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> Transition:
+        """The kernel ``p(x_next | x_t)`` of the step from ``ctx.now.t`` to ``ctx.next.t`` at ``state.x``."""
+
+    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+        k = self.transition(score_fn, sde, state, ctx)
+        x = k.mean if ctx.is_last else k.mean + k.std * ctx.noise(k.mean)
+        return State(x, denoised=k.denoised)
 
 
 class IntegratorSolver(Solver):

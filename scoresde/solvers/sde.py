@@ -18,7 +18,17 @@ from .._typing import NoiseFn, ScoreFn
 from ..noise import PerSampleBrownian, keys_from_noise
 from ..sde import SDE
 from ..variances import EpsNormTable, analytic_variance
-from .base import IntegratorSolver, Solver, State, Step, diffusion_at, eps_and_x0, tvec
+from .base import (
+    GaussianStepSolver,
+    IntegratorSolver,
+    State,
+    Step,
+    Transition,
+    diffusion_at,
+    eps_and_x0,
+    posterior_coefficients,
+    tvec,
+)
 
 __all__ = [
     "EulerMaruyama",
@@ -33,7 +43,7 @@ __all__ = [
 
 
 @dataclass
-class EulerMaruyama(Solver):
+class EulerMaruyama(GaussianStepSolver):
     """Euler–Maruyama on the reverse SDE: ``x ← x + [f - g² s] Δt + g sqrt(|Δt|) z`` with ``Δt = t_next - t < 0``.
 
     As in the reference implementation, the last step returns the noise-free mean. Weak order 1. The noise is
@@ -47,20 +57,18 @@ class EulerMaruyama(Solver):
     stochastic = True
     evaluations_per_step = 1
 
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+    def transition(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> Transition:
         ct, cn = ctx.now, ctx.next
         x, tt = state.x, tvec(state.x, ct.t)
         dt = cn.t - ct.t
         score = score_fn(x, tt)
         x_mean = x + (sde.drift(x, tt) - ct.g**2 * score) * dt
         x0 = (x + ct.sigma**2 * score) / ct.alpha  # Tweedie
-        if ctx.is_last:
-            return State(x_mean, denoised=x0)
-        return State(x_mean + ct.g * math.sqrt(-dt) * ctx.noise(x), denoised=x0)
+        return Transition(x_mean, ct.g * math.sqrt(-dt), denoised=x0)
 
 
 @dataclass
-class ReverseDiffusion(Solver):
+class ReverseDiffusion(GaussianStepSolver):
     """The reverse-diffusion predictor (Song et al., 2021, eq. 46): with the forward step ``x_t = x_s + f + G z``
     from ``sde.discretize``, ``x_s ← x_t - f + G² s(x_t, t) + G z``. The last step returns the mean. Weak order 1.
 
@@ -86,17 +94,17 @@ class ReverseDiffusion(Solver):
         f, G = sde.discretize(one, tvec(one, ct.t), tvec(one, cn.t))
         return 1.0 + float(f.flatten()[0]), float(G[0])
 
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+    def transition(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> Transition:
         x = state.x
         a, G = self._kernel(sde, ctx, x)
         score = score_fn(x, tvec(x, ctx.now.t))
         x_mean = (2.0 - a) * x + G**2 * score
         x0 = (x + ctx.now.sigma**2 * score) / ctx.now.alpha  # Tweedie
-        return State(x_mean if ctx.is_last else x_mean + G * ctx.noise(x), denoised=x0)
+        return Transition(x_mean, G, denoised=x0)
 
 
 @dataclass
-class Ancestral(Solver):
+class Ancestral(GaussianStepSolver):
     """Ancestral sampling from the exact Gaussian posterior ``q(x_s | x_t, x_0 = x̂_0(x_t))`` (Ho et al., 2020,
     Algorithm 2; Song & Ermon's SMLD ancestral sampler), written once for any ``x_t = alpha_t x_0 + sigma_t eps``.
 
@@ -131,16 +139,15 @@ class Ancestral(Solver):
         if self.table is not None and not isinstance(self.table, EpsNormTable):
             raise ValueError(f"ancestral table must be an EpsNormTable (scoresde.variances), got {type(self.table)}")
 
-    def step(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> State:
+    def transition(self, score_fn: ScoreFn, sde: SDE, state: State, ctx: Step) -> Transition:
         ct, cn = ctx.now, ctx.next
         x = state.x
-        a = ct.alpha / cn.alpha
-        G2 = ct.sigma**2 - (a * cn.sigma) ** 2
+        c_t, c_0, posterior = posterior_coefficients(ct, cn)
         _, x0 = eps_and_x0(score_fn, x, ct)
-        mean = (a * cn.sigma**2 / ct.sigma**2) * x + (cn.alpha * G2 / ct.sigma**2) * x0
-        if ctx.is_last:
-            return State(mean, denoised=x0)
-        posterior = G2 * cn.sigma**2 / ct.sigma**2
+        mean = c_t * x + c_0 * x0
+        if ctx.is_last:  # the mean is returned; no variance is needed (nor, for "analytic", its table)
+            return Transition(mean, math.sqrt(posterior), denoised=x0)
+        G2 = ct.sigma**2 - (ct.alpha / cn.alpha * cn.sigma) ** 2
         if self.variance == "analytic":
             if self.table is None:
                 raise ValueError(
@@ -160,7 +167,7 @@ class Ancestral(Solver):
             std = torch.exp(0.5 * (v * math.log(G2) + (1 - v) * math.log(posterior)))
         else:
             std = math.sqrt(posterior if self.variance == "posterior" else G2)
-        return State(mean + std * ctx.noise(x), denoised=x0)
+        return Transition(mean, std, denoised=x0)
 
 
 class _FlippedReverseSDE(torch.nn.Module):

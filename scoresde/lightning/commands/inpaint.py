@@ -2,6 +2,7 @@
 
     scoresde inpaint --ckpt runs/digits_vp/checkpoints/last.ckpt --mask right --n 16 --out inpaint/
     scoresde inpaint --ckpt last.ckpt --mask right --method repaint --resample 10 --steps 250 --out repaint/
+    scoresde inpaint --ckpt last.ckpt --mask right --method smc --particles 16 --steps 250 --out smc/
     scoresde inpaint --ckpt last.ckpt --data experiments/cifar10/vp_ddpmpp_cont.yaml --mask mask.png --out holes/
     scoresde inpaint --ckpt last.ckpt --task colorize --out colour/
 
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from ... import plotting
 from ..._utils import save_npz
-from ...inverse import GrayObservation, MaskObservation, Observation, inpaint, steps_per_step
+from ...inverse import GrayObservation, MaskObservation, Observation, check_smc_options, inpaint, steps_per_step
 from ...noise import derive_seeds
 from ...solvers import SOLVERS, get_solver
 from ..module import ScoreModule
@@ -65,8 +66,10 @@ class InpaintConfig(DeviceOptions):
     n: int = option(16, "the first N images of the split")
     task: str = option("inpaint", "inpaint (with --mask) or colorize (keeps the grey values)")
     mask: str = option("right", f"missing part: {', '.join(NAMED_MASKS)}; or a file (nonzero = known)")
-    method: str = option("replacement", "replacement or repaint")
+    method: str = option("replacement", "replacement, repaint or smc (SMC-Diff particle filtering)")
     resample: int | None = option(None, "RePaint jumps per step (default 10)")
+    particles: int | None = option(None, "SMC particles per image (default 16); each score call sees batch x K rows")
+    ess_threshold: float = option(0.5, "SMC resamples when the effective sample size < this x K", "--ess-threshold")
     solver: str = option("euler_maruyama", f"one of: {', '.join(sorted(SOLVERS))}")
     steps: int = option(500, "solver steps")
     options: dict[str, Any] = option({}, "solver options, or pass them as --name value")
@@ -139,6 +142,11 @@ class InpaintingTask(ShardTask):
         super().__init__(len(raw), cfg.batch_size, out)
         self.model, self.raw, self.observation, self.cfg = model, raw, observation, cfg
 
+    def _smc_options(self) -> dict[str, Any]:
+        if self.cfg.method != "smc":
+            return {}
+        return {"particles": self.cfg.particles, "ess_threshold": self.cfg.ess_threshold}
+
     def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
         raw = self.raw[start : start + count]
         # the data in model space (bin centres; the observation does not need dequantization noise)
@@ -151,6 +159,7 @@ class InpaintingTask(ShardTask):
             method=self.cfg.method,
             resample=self.cfg.resample,
             solver=self.cfg.solver,
+            **self._smc_options(),
             steps=self.cfg.steps,
             solver_options=self.cfg.options,
             seeds=derive_seeds(self.cfg.seed, start, count, device=self.device),
@@ -163,6 +172,7 @@ def run_inpainting(cfg: InpaintConfig) -> Path | None:
     """Complete the first ``cfg.n`` images of a split under ``cfg.out`` (resuming); ``inpainted.npz`` on rank 0."""
     check_sizes(cfg.n, cfg.batch_size)
     steps_per_step(cfg.method, cfg.resample)  # a bad --method/--resample pairing fails before any work
+    check_smc_options(cfg.method, cfg.particles, cfg.ess_threshold)
     get_solver(cfg.solver, **cfg.options)  # a bad name or option fails before any work
     spec = CheckpointSpec.parse(cfg.ckpt)
     model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config)
@@ -195,7 +205,8 @@ def _merge(
         observed = originals.mean(1, keepdim=True).expand_as(originals)
     else:
         observed = originals * mask + 0.5 * (1 - mask)  # unknown pixels in mid grey
-    name = cfg.task if cfg.task == "colorize" else f"{cfg.method}, {cfg.mask} masked"
+    method = f"smc, {cfg.particles or 16} particles" if cfg.method == "smc" else cfg.method
+    name = cfg.task if cfg.task == "colorize" else f"{method}, {cfg.mask} masked"
     plotting.image_panels(
         [("originals", originals), ("observed", observed), ("completed", completed)],
         out / "inpainted.png",
