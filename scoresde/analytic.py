@@ -264,28 +264,36 @@ class GaussianMixture:
             raise ValueError(f"component index must lie in [0, {self.n_components}), got {k}")
         return GaussianMixture([1.0], self.means[k : k + 1], self.covs[k : k + 1], shape=self.shape)
 
-    def condition(self, observe: Tensor, values: Tensor) -> tuple[GaussianMixture, Tensor]:
-        """The exact conditional of ``p_0`` given a noiseless linear observation ``A x = v``.
+    def condition(self, observe: Tensor, values: Tensor, noise_std: float = 0.0) -> tuple[GaussianMixture, Tensor]:
+        """The exact conditional of ``p_0`` given a linear observation ``v = A x + noise_std · eps``.
 
         Args:
             observe: a boolean mask ``(*shape)`` of the observed entries, or a matrix ``A: (M, D)`` with orthonormal
-                rows (e.g. the grey value of a colour pixel, for colorization).
+                rows (e.g. the grey value of a colour pixel, for colorization; 2×2 average pooling times 2, for a
+                low-resolution image).
             values: the observation ``v``: the observed entries ``(M,)`` in flattened order, or ``(*shape)`` from which
                 those entries are read.
+            noise_std: the observation's noise ``nu`` (0: noiseless). A diffused observation ``z = alpha A x + sigma
+                eps`` is ``v = z / alpha`` with ``nu = sigma / alpha`` (a cascade's augmented conditioning).
 
         Returns:
-            ``(mixture, B)``: ``B: (D - M, D)`` has orthonormal rows spanning the unobserved directions (for a mask,
-            the unobserved coordinates in order) and ``mixture`` is the exact law of ``B x`` given ``A x = v``: for
-            each component, ``mu' = mu + Sigma Aᵀ (A Sigma Aᵀ)⁻¹ (v - A mu)``, ``Sigma' = Sigma - Sigma Aᵀ (A Sigma
-            Aᵀ)⁻¹ A Sigma``, and weights ``∝ w_k N(v; A mu_k, A Sigma_k Aᵀ)``.
+            ``(mixture, B)``. Noiseless: ``B: (D - M, D)`` has orthonormal rows spanning the unobserved directions
+            (for a mask, the unobserved coordinates in order) and ``mixture`` is the exact law of ``B x``. With noise
+            every direction stays uncertain: ``B = I`` and ``mixture`` is the law of ``x`` itself. For each
+            component, with ``S = A Sigma Aᵀ + nu² I``: ``mu' = mu + Sigma Aᵀ S⁻¹ (v - A mu)``, ``Sigma' = Sigma -
+            Sigma Aᵀ S⁻¹ A Sigma``, and weights ``∝ w_k N(v; A mu_k, S_k)``.
         """
+        if not noise_std >= 0:
+            raise ValueError(f"noise_std must be non-negative, got {noise_std}")
         A, B = self._observation_basis(observe)
+        if noise_std > 0:
+            B = torch.eye(self.dim, dtype=torch.float64)
         v = torch.as_tensor(values, dtype=torch.float64).flatten()
         if v.numel() == self.dim and A.shape[0] != self.dim:
             v = A @ v if observe.dtype != torch.bool else v[observe.flatten().bool()]
         if v.shape != (A.shape[0],):
             raise ValueError(f"values must hold the {A.shape[0]} observed entries (or a full point), got {v.numel()}")
-        S_oo = A @ self.covs @ A.T  # (K, M, M)
+        S_oo = A @ self.covs @ A.T + noise_std**2 * torch.eye(A.shape[0], dtype=torch.float64)  # (K, M, M)
         gain = self.covs @ A.T @ torch.linalg.inv(S_oo)  # Sigma Aᵀ (A Sigma Aᵀ)⁻¹: (K, D, M)
         resid = v[None] - self.means @ A.T  # (K, M)
         mu = self.means + torch.einsum("kdm,km->kd", gain, resid)

@@ -13,6 +13,12 @@ EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_every_experiment_runs_fast_dev_run(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    if "autoencoder_ckpt:" in config.read_text():  # a latent model: its first stage first (2 steps)
+        from scoresde.lightning.cli import autoencoder_cli
+
+        autoencoder_cli(["fit", "--config", str(EXPERIMENTS[0].parent / "autoencoders" / "digits.yaml"),
+                         "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+                         "--trainer.enable_progress_bar", "false"])
     c = cli(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"])
     assert c.trainer.global_step == 1
     assert c.model.data_shape == c.datamodule.data_shape
@@ -63,6 +69,20 @@ def test_every_classifier_experiment_runs_fast_dev_run(config, tmp_path, monkeyp
 
     monkeypatch.chdir(tmp_path)
     c = classifier_cli(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"])
+    assert c.trainer.global_step == 1
+    assert c.trainer.callback_metrics["train/loss"] > 0
+
+
+AUTOENCODERS = sorted((Path(__file__).parents[1] / "experiments" / "autoencoders").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", AUTOENCODERS, ids=[p.stem for p in AUTOENCODERS])
+def test_every_autoencoder_experiment_runs_fast_dev_run(config, tmp_path, monkeypatch):
+    from scoresde.lightning.cli import autoencoder_cli
+
+    monkeypatch.chdir(tmp_path)
+    c = autoencoder_cli(["fit", "--config", str(config), "--trainer.fast_dev_run", "true",
+                         "--trainer.enable_progress_bar", "false"])
     assert c.trainer.global_step == 1
     assert c.trainer.callback_metrics["train/loss"] > 0
 

@@ -55,6 +55,34 @@ def test_condition_on_an_orthonormal_linear_observation():
         gm.condition(2 * A, torch.tensor([0.2]))
 
 
+def test_condition_on_a_noisy_observation_is_the_joint_conditioned_on_it():
+    # v = A x + nu eps with A = 2x2 average pooling times 2 (orthonormal rows) on a 4x4 mixture: conditioning the joint
+    # mixture of (x, v) on its v coordinates (the noiseless path) must give the same law of x
+    gm = GaussianMixture.random(16, k=3, seed=5, spread=1.0, shape=(1, 4, 4))
+    A = torch.zeros(4, 16, dtype=torch.float64)
+    for i in range(2):
+        for j in range(2):
+            for di in range(2):
+                for dj in range(2):
+                    A[2 * i + j, (2 * i + di) * 4 + 2 * j + dj] = 0.5
+    nu, v = 0.3, torch.tensor([0.2, -0.4, 1.0, 0.1], dtype=torch.float64)
+    noisy, B = gm.condition(A, v, noise_std=nu)
+    assert torch.equal(B, torch.eye(16, dtype=torch.float64))
+    top = torch.cat([gm.covs, gm.covs @ A.T], 2)
+    bottom = torch.cat([A @ gm.covs, A @ gm.covs @ A.T + nu**2 * torch.eye(4, dtype=torch.float64)], 2)
+    joint = GaussianMixture(gm.weights, torch.cat([gm.means, gm.means @ A.T], 1), torch.cat([top, bottom], 1))
+    ref, _ = joint.condition(torch.arange(20) >= 16, v)
+    assert torch.allclose(noisy.weights, ref.weights, atol=1e-10)
+    assert torch.allclose(noisy.means, ref.means, atol=1e-10)
+    assert torch.allclose(noisy.covs, ref.covs, atol=1e-10)
+    # as nu -> 0 the pooled directions become certain: the noiseless conditional's law, in the full space
+    tiny, _ = gm.condition(A, v, noise_std=1e-6)
+    exact, Bu = gm.condition(A, v)
+    assert torch.allclose(tiny.means @ Bu.T, exact.means, atol=1e-6) and torch.allclose(tiny.means @ A.T, v.expand(3, 4), atol=1e-6)
+    with pytest.raises(ValueError, match="noise_std"):
+        gm.condition(A, v, noise_std=-1.0)
+
+
 def _inpainting_gaps(method, resample, n=2000, steps=100):
     sde, gm = VPSDE(), _correlated_mixture()
     mask = torch.tensor([1.0, 0.0])

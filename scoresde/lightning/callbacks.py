@@ -289,6 +289,11 @@ class BitsPerDimReport(L.Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         module = _score_module(pl_module, "BitsPerDimReport")
+        if module.codec is not None:
+            raise ValueError(
+                "BitsPerDimReport measures pixel-space models; a latent model's likelihood is "
+                "scoresde.autoencoder.latent_log_likelihood"
+            )
         raw = _datamodule(trainer).val_raw[: self.n_points][trainer.global_rank :: trainer.world_size]
         if len(raw) == 0:
             raise ValueError(f"BitsPerDimReport: {self.n_points} points cannot be shared by {trainer.world_size} ranks")

@@ -9,6 +9,7 @@
     scoresde inpaint --ckpt runs/digits_vp/checkpoints/last.ckpt --mask right --method repaint --out inpaint/
     scoresde classifier fit --config experiments/classifiers/digits.yaml   # noise-conditional classifier
     scoresde distill --config experiments/distill/toy_vp.yaml             # few-step students of a checkpoint
+    scoresde autoencoder fit --config experiments/autoencoders/digits.yaml # the first stage of latent diffusion
 
 The DataModule's ``data_shape`` and ``transform`` are linked into the model. Logging goes to Weights & Biases in
 offline mode unless the config says otherwise (``wandb sync`` uploads later).
@@ -39,9 +40,11 @@ __all__ = [
     "Command",
     "ScoreCLI",
     "ClassifierCLI",
+    "AutoencoderCLI",
     "DistillCLI",
     "cli",
     "classifier_cli",
+    "autoencoder_cli",
     "distill_cli",
     "run",
     "main",
@@ -101,6 +104,13 @@ class ClassifierCLI(ScoreCLI):
         """A classifier needs nothing linked from the DataModule."""
 
 
+class AutoencoderCLI(ScoreCLI):
+    """LightningCLI over :class:`~scoresde.lightning.autoencoder.AutoencoderModule` (``scoresde autoencoder fit``)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """The autoencoder's data shape is in its own init_args: nothing is linked from the DataModule."""
+
+
 def _full_load(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "weights_only": False if kwargs.get("weights_only") is None else kwargs["weights_only"]}
 
@@ -146,6 +156,13 @@ def classifier_cli(args: Sequence[str] | None = None, run: bool = True) -> Class
     from .classifier import ClassifierModule
 
     return _build(ClassifierCLI, ClassifierModule, args, run)
+
+
+def autoencoder_cli(args: Sequence[str] | None = None, run: bool = True) -> AutoencoderCLI:
+    """``scoresde autoencoder fit|validate ...``: train the first stage of a latent diffusion model."""
+    from .autoencoder import AutoencoderModule
+
+    return _build(AutoencoderCLI, AutoencoderModule, args, run)
 
 
 @dataclass(frozen=True)
@@ -197,6 +214,9 @@ COMMANDS: dict[str, Command] = {
     "classifier": Command(
         "train the noise-conditional classifier of classifier guidance (fit, validate)",
         "scoresde.lightning.cli:classifier_cli",
+    ),
+    "autoencoder": Command(
+        "train the autoencoder of a latent diffusion model (fit, validate)", "scoresde.lightning.cli:autoencoder_cli"
     ),
 }
 """Every ``scoresde`` command by name."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +18,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 import lightning as L
 
 from .._typing import ScoreFn
+from ..autoencoder import Autoencoder, LatentCodec
 from ..guidance import classifier_free, null_condition
 from ..hybrid import HybridLoss
 from ..likelihood import GaussianPrior, diffused_prior
@@ -142,6 +144,12 @@ class ScoreModule(L.LightningModule):
             (0.1–0.2 is usual; 0 trains a purely conditional model).
         learn_variance: the network also outputs improved DDPM's reverse-variance interpolation (twice the data's
             channels; train with ``loss: scoresde.HybridLoss``; sample with ``ancestral`` and ``variance: learned``).
+        autoencoder: a latent diffusion model's first stage (:mod:`scoresde.autoencoder`, e.g. ``ConvAutoencoder``
+            with the init_args it was trained with): the score model then learns the scaled latents ``s · E(x)``
+            of the (frozen) autoencoder, its network takes the latent shape, and :meth:`sample` decodes. Its weights
+            and ``s`` are part of this checkpoint.
+        autoencoder_ckpt: the ``scoresde autoencoder fit`` checkpoint the first stage's weights and scale factor are
+            read from when training starts (not needed to load this model's own checkpoints).
 
     Gradient clipping, mixed precision (``precision: bf16-mixed``) and distribution (``strategy: ddp``,
     ``devices``, ``num_nodes``) are the Trainer's job. The training noise (times ``t``, ``z`` and label dropout) of
@@ -173,6 +181,8 @@ class ScoreModule(L.LightningModule):
         compile: bool = False,
         label_dropout: float = 0.1,
         learn_variance: bool = False,
+        autoencoder: Autoencoder | None = None,
+        autoencoder_ckpt: str | None = None,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -205,6 +215,20 @@ class ScoreModule(L.LightningModule):
             )
         self.data_shape = tuple(int(s) for s in data_shape) if data_shape is not None else None
         self.transform = transform if transform is not None else DataTransform.identity()
+        self.codec: LatentCodec | None = None
+        if autoencoder is not None:
+            self.codec = LatentCodec(autoencoder).requires_grad_(False)
+            if self.data_shape is not None and tuple(autoencoder.data_shape) != self.data_shape:
+                raise ValueError(
+                    f"the autoencoder takes data of shape {tuple(autoencoder.data_shape)} but the data have shape "
+                    f"{self.data_shape}"
+                )
+            if autoencoder_ckpt is not None:
+                from .autoencoder import read_first_stage  # that module builds on this one
+
+                read_first_stage(autoencoder_ckpt, self.codec)
+        elif autoencoder_ckpt is not None:
+            raise ValueError("model.autoencoder_ckpt needs model.autoencoder: the first stage's class and init_args")
         self._run_seed = 0
         self.fitted_prior: GaussianPrior | None = None
         if compile:
@@ -213,12 +237,17 @@ class ScoreModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._run_seed = torch.initial_seed()  # the seed Lightning's seed_everything set (or a random one)
         moments = getattr(getattr(self.trainer, "datamodule", None), "train_moments", None)
-        if moments is not None:  # the diffused Gaussian of the train data, the likelihood's prior at T
+        if (
+            moments is not None and self.codec is None
+        ):  # the diffused Gaussian of the train data, the likelihood's prior at T
             self.fitted_prior = diffused_prior(self.sde, *moments())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.fitted_prior is not None:
             checkpoint["fitted_prior"] = self.fitted_prior.state()
+        if checkpoint.get("hyper_parameters", {}).get("autoencoder_ckpt") is not None:
+            # the first stage's weights and scale are in this state dict: loading needs no other file
+            checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "autoencoder_ckpt": None}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "fitted_prior" in checkpoint:
@@ -232,6 +261,11 @@ class ScoreModule(L.LightningModule):
     @property
     def net(self) -> nn.Module:
         return self.score_model.net
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The shape the score model works on: the latent shape of a latent model, else ``data_shape``."""
+        return self.codec.latent_shape if self.codec is not None else self.data_shape
 
     @property
     def num_classes(self) -> int | None:
@@ -275,6 +309,9 @@ class ScoreModule(L.LightningModule):
         seeded by ``seed`` (the batch index, so that their losses compare across epochs)."""
         x0, y = self._split_batch(batch)
         self._check_batch(x0)
+        if self.codec is not None:  # latent diffusion: the score model learns the scaled latents
+            with torch.no_grad():
+                x0 = self.codec.to_latent(x0)
         generator, noise = None, None
         if stage == "train":
             world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
@@ -377,7 +414,8 @@ class ScoreModule(L.LightningModule):
         score_transform: Callable[[ScoreFn], ScoreFn] | None = None,
         **options: Any,
     ) -> SampleResult:
-        """Draw ``n`` samples in model space with the current weights (the EMA weights after training).
+        """Draw ``n`` samples in model space with the current weights (the EMA weights after training); a latent model
+        samples latents and returns them decoded.
 
         ``solver=None`` uses the model's ``sampler`` with its ``sampler_options``; ``options`` go to the solver or to
         :func:`scoresde.sample` (``seeds``, ``grid``, ``denoise``, ``t_end``, ...). A class-conditional model samples
@@ -403,10 +441,10 @@ class ScoreModule(L.LightningModule):
             # the model's sampler unless one is given, or a budget (nfe) picks the solver, grid and steps
             model_default = solver is None and options.get("nfe") is None
             default, defaults = self.default_solver() if model_default else (solver, {})
-            return sample(
+            res = sample(
                 score_fn,
                 self.sde,
-                (n, *self.data_shape),
+                (n, *(self.sample_shape or ())),
                 solver=default,
                 steps=self._steps(steps, options.get("grid")) if options.get("nfe") is None else steps,
                 generator=generator,
@@ -414,5 +452,9 @@ class ScoreModule(L.LightningModule):
                 progress=progress,
                 **{**defaults, **options},
             )
+            if self.codec is not None:
+                with torch.no_grad():
+                    res = dataclasses.replace(res, x=self.codec.to_data(res.x))
+            return res
         finally:
             self.train(was_training)

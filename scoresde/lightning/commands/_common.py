@@ -300,11 +300,16 @@ BLOCK_HELP = (
 
 
 def load_model(
-    ckpt: str | Path, device: torch.device | str = "cpu", block: int = 0, model_config: str | None = None
+    ckpt: str | Path,
+    device: torch.device | str = "cpu",
+    block: int = 0,
+    model_config: str | None = None,
+    latent: bool = False,
 ) -> ScoreModule:
     """The :class:`ScoreModule` of a checkpoint (its state dict holds the EMA weights) or of a pretrained model
     (:class:`CheckpointSpec`; ``model_config`` for score_sde_pytorch files), in eval mode; ``block > 0`` makes its
-    network calls take exactly that many rows (``ScoreModel.block``: batch-size independent results)."""
+    network calls take exactly that many rows (``ScoreModel.block``: batch-size independent results). A latent
+    diffusion model is refused unless the command handles one (``latent=True``)."""
     if block < 0:
         raise ValueError(f"--block must be >= 0 (0: no blocks), got {block}")
     spec = CheckpointSpec.parse(ckpt)
@@ -319,6 +324,12 @@ def load_model(
         )
     # compile=False: sampling and likelihood run uncompiled (compiling is a training-time option)
     model = ScoreModule.load_from_checkpoint(_check_ckpt(ckpt), map_location=device, weights_only=False, compile=False)
+    if model.codec is not None and not latent:
+        raise ValueError(
+            f"{ckpt} is a latent diffusion model (it holds an autoencoder); this command works on pixel-space models "
+            "so far. `scoresde sample` draws from it; in Python, scoresde.autoencoder.latent_log_likelihood gives its "
+            "likelihood"
+        )
     model.score_model.block = block or None
     return model.eval()
 

@@ -255,6 +255,17 @@ def distilled_defaults(cfg: SampleConfig, spec: CheckpointSpec) -> SampleConfig:
     return dataclasses.replace(cfg, grid=grid, t_end=t_end)
 
 
+def check_latent_options(cfg: SampleConfig) -> None:
+    """Refuse what acts on pixels for a latent model, whose solver runs on latents: a pixel classifier, thresholding
+    of the data prediction, Analytic-DPM's table (estimated from data)."""
+    if cfg.classifier or cfg.threshold is not None:
+        raise ValueError(
+            "a latent diffusion model samples latents: --classifier and --threshold act on pixels and do not apply"
+        )
+    if (cfg.options or {}).get("variance") == "analytic":
+        raise ValueError("--variance analytic estimates its table from pixel data; a latent model does not take it yet")
+
+
 def run_sampling(cfg: SampleConfig) -> Path | None:
     """Draw ``cfg.n`` samples in shards under ``cfg.out`` (resuming), merge them into ``samples.npz``; returns its
     path on rank 0 (``None`` on the other ranks)."""
@@ -262,7 +273,9 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     if cfg.steps is not None and cfg.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {cfg.steps}")
     spec = CheckpointSpec.parse(cfg.ckpt)
-    model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config)
+    model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config, latent=True)
+    if model.codec is not None:
+        check_latent_options(cfg)
     cfg = distilled_defaults(cfg, spec)
     choice = None
     if cfg.nfe is not None:
@@ -276,7 +289,7 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     solver, default_options = model.default_solver() if cfg.solver is None else (cfg.solver, {})
     options = {**default_options, **cfg.options}
     built = get_solver(solver, **options)  # fail on a bad name or option before any work
-    built.check_size(math.prod(model.data_shape or (1,)))  # and on a solver unsafe for data this small
+    built.check_size(math.prod(model.sample_shape or (1,)))  # and on a solver unsafe for data this small
     task_solver, task_options = solver, options
     if isinstance(built, Ancestral) and built.variance == "analytic" and built.table is None:
         task_solver, task_options = dataclasses.replace(built, table=analytic_table(model, cfg.ckpt)), {}
