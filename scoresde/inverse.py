@@ -28,6 +28,7 @@ import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -260,7 +261,7 @@ def smc(
     generator: torch.Generator | None = None,
     seeds: Tensor | None = None,
     t_end: float | None = None,
-    grid: Any = None,
+    grid: str | Path | Tensor | None = None,
     progress: bool = False,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
