@@ -28,7 +28,7 @@ from ._typing import ScoreFn
 from ._utils import check_batch
 from .sde import SDE
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "ObservationPosterior"]
 
 
 def _as_tensor(v: Tensor | Sequence, name: str) -> Tensor:
@@ -378,6 +378,65 @@ class GaussianMixture:
         """Posterior component probabilities ``p(k | x)`` under ``p_0``: ``(B, K)``."""
         log_joint, *_ = self._terms(x, None, None)
         return torch.softmax(log_joint, dim=1)
+
+
+class ObservationPosterior:
+    """The exact law of ``x`` given a noisy linear observation ``v = A x + nu eps``, for a batch of observations at
+    once, and its diffused score (a cascade's stage-2 oracle: ``v`` is the low-resolution image, ``nu = sigma_s /
+    alpha_s`` its augmentation).
+
+    For each component, with ``S_k = A Sigma_k Aᵀ + nu² I`` and ``G_k = Sigma_k Aᵀ S_k⁻¹``, the posterior is
+    ``N(mu_k + G_k (v - A mu_k), Sigma_k - G_k A Sigma_k)`` with weight ``∝ w_k N(v; A mu_k, S_k)``: the covariances
+    do not depend on ``v`` (diagonalised once), the means and weights are linear and Gaussian in it.
+
+    Args:
+        mixture: the data distribution.
+        A: ``(M, D)`` with orthonormal rows.
+        noise_std: ``nu > 0``.
+    """
+
+    def __init__(self, mixture: GaussianMixture, A: Tensor, noise_std: float) -> None:
+        if not noise_std > 0:
+            raise ValueError(
+                f"noise_std must be positive (a noiseless observation: GaussianMixture.condition), got {noise_std}"
+            )
+        A, _ = mixture._observation_basis(torch.as_tensor(A, dtype=torch.float64))
+        self.mixture, self.A, self.noise_std = mixture, A, float(noise_std)
+        S = A @ mixture.covs @ A.T + noise_std**2 * torch.eye(A.shape[0], dtype=torch.float64)
+        self._gain = mixture.covs @ A.T @ torch.linalg.inv(S)  # (K, D, M)
+        cov = mixture.covs - self._gain @ A @ mixture.covs
+        self.covs = 0.5 * (cov + cov.mT)
+        self._lam, self._U = torch.linalg.eigh(self.covs)
+        self._evidence = torch.distributions.MultivariateNormal(mixture.means @ A.T, 0.5 * (S + S.mT))
+
+    def log_weights(self, v: Tensor) -> Tensor:
+        """``log p(k | v)``: ``(B, K)`` for observations ``v: (B, M)``."""
+        log_joint = self.mixture.weights.log() + self._evidence.log_prob(v.double()[:, None, :])
+        return torch.log_softmax(log_joint, dim=1)
+
+    def means(self, v: Tensor) -> Tensor:
+        """The components' posterior means ``(B, K, D)``."""
+        resid = v.double()[:, None, :] - self.mixture.means @ self.A.T  # (B, K, M)
+        return self.mixture.means + torch.einsum("kdm,bkm->bkd", self._gain, resid)
+
+    def score(self, x: Tensor, t: Tensor, sde: SDE, v: Tensor) -> Tensor:
+        """``∇_x log p_t(x | v)`` of the diffused posterior at ``x: (B, *shape)``, one observation per row."""
+        xf = self.mixture._flat(x).double()
+        alpha, sigma = (c.double()[:, None, None] for c in self.mixture._coeffs(xf, t, sde))
+        var = alpha**2 * self._lam.to(xf.device)[None] + sigma**2  # (B, K, D)
+        U = self._U.to(xf.device)
+        z = torch.einsum("kdj,bkd->bkj", U, xf[:, None, :] - alpha * self.means(v))
+        log_n = -0.5 * ((z**2 / var).sum(-1) + var.log().sum(-1))
+        r = torch.softmax(self.log_weights(v) + log_n, dim=1)
+        return (-torch.einsum("kdj,bkj->bd", U, r[..., None] * (z / var))).reshape(x.shape).to(x.dtype)
+
+    def sample(self, v: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One exact draw of ``x | v`` per observation: ``(B, *shape)`` float64."""
+        k = torch.multinomial(self.log_weights(v).exp(), 1, generator=generator)[:, 0]
+        z = torch.randn(v.shape[0], self.mixture.dim, generator=generator, dtype=torch.float64)
+        mu = self.means(v)[torch.arange(v.shape[0]), k]
+        x = mu + torch.einsum("bij,bj->bi", self._U[k], self._lam[k].clamp_min(0).sqrt() * z)
+        return x.reshape(v.shape[0], *self.mixture.shape)
 
 
 class _ExactScore:

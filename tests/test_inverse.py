@@ -83,6 +83,33 @@ def test_condition_on_a_noisy_observation_is_the_joint_conditioned_on_it():
         gm.condition(A, v, noise_std=-1.0)
 
 
+def test_the_batched_observation_posterior_is_condition_row_by_row():
+    from scoresde.analytic import ObservationPosterior
+
+    gm = GaussianMixture.random(16, k=3, seed=6, spread=1.0, shape=(1, 4, 4))
+    A = torch.zeros(4, 16, dtype=torch.float64)
+    for i in range(2):
+        for j in range(2):
+            for di in range(2):
+                for dj in range(2):
+                    A[2 * i + j, (2 * i + di) * 4 + 2 * j + dj] = 0.5
+    post, sde = ObservationPosterior(gm, A, 0.2), VPSDE()
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(5, 1, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.rand(5, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    score = post.score(x, t, sde, v)
+    for b in range(5):
+        ref, _ = gm.condition(A, v[b], noise_std=0.2)
+        assert torch.allclose(post.log_weights(v[b : b + 1])[0].exp(), ref.weights, atol=1e-10)
+        assert torch.allclose(post.means(v[b : b + 1])[0], ref.means, atol=1e-10)
+        ref_score = GaussianMixture(ref.weights, ref.means, ref.covs, shape=(1, 4, 4)).score(x[b : b + 1], t[b : b + 1], sde)
+        assert torch.allclose(score[b : b + 1], ref_score, atol=1e-8)
+    draws = post.sample(v[:1].expand(20000, 4), generator=g).flatten(1)
+    ref, _ = gm.condition(A, v[0], noise_std=0.2)
+    assert torch.allclose(draws.mean(0), ref.mean, atol=0.03)
+
+
 def _inpainting_gaps(method, resample, n=2000, steps=100):
     sde, gm = VPSDE(), _correlated_mixture()
     mask = torch.tensor([1.0, 0.0])
