@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from scoresde import SOLVERS, VPSDE, GaussianMixture
+from scoresde.cascade import pool_matrix
 from scoresde.inverse import GrayObservation, MaskObservation, Replacement, colorize, inpaint
 from scoresde.metrics import frechet_gaussian, mode_mass_error
 from scoresde.solvers import get_solver
@@ -59,12 +60,7 @@ def test_condition_on_a_noisy_observation_is_the_joint_conditioned_on_it():
     # v = A x + nu eps with A = 2x2 average pooling times 2 (orthonormal rows) on a 4x4 mixture: conditioning the joint
     # mixture of (x, v) on its v coordinates (the noiseless path) must give the same law of x
     gm = GaussianMixture.random(16, k=3, seed=5, spread=1.0, shape=(1, 4, 4))
-    A = torch.zeros(4, 16, dtype=torch.float64)
-    for i in range(2):
-        for j in range(2):
-            for di in range(2):
-                for dj in range(2):
-                    A[2 * i + j, (2 * i + di) * 4 + 2 * j + dj] = 0.5
+    A = pool_matrix(1, 4, 4)  # 2x2 average pooling times 2: orthonormal rows
     nu, v = 0.3, torch.tensor([0.2, -0.4, 1.0, 0.1], dtype=torch.float64)
     noisy, B = gm.condition(A, v, noise_std=nu)
     assert torch.equal(B, torch.eye(16, dtype=torch.float64))
@@ -87,12 +83,7 @@ def test_the_batched_observation_posterior_is_condition_row_by_row():
     from scoresde.analytic import ObservationPosterior
 
     gm = GaussianMixture.random(16, k=3, seed=6, spread=1.0, shape=(1, 4, 4))
-    A = torch.zeros(4, 16, dtype=torch.float64)
-    for i in range(2):
-        for j in range(2):
-            for di in range(2):
-                for dj in range(2):
-                    A[2 * i + j, (2 * i + di) * 4 + 2 * j + dj] = 0.5
+    A = pool_matrix(1, 4, 4)  # 2x2 average pooling times 2: orthonormal rows
     post, sde = ObservationPosterior(gm, A, 0.2), VPSDE()
     g = torch.Generator().manual_seed(0)
     v = torch.randn(5, 4, generator=g, dtype=torch.float64)
