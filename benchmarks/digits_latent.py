@@ -7,8 +7,8 @@
   their ratio (each round times both in turn, so the machine's load hits both alike).
 * **Likelihood** of the first ``--bpd-limit`` test digits, in bits/dim with the data's offset and the same
   dequantization draws for both: the pixel model's probability-flow value, and the latent model's
-  ``log p(z) + log p(x | z)`` at the encoded latent (:func:`scoresde.autoencoder.latent_log_likelihood`; a one-point
-  estimate of the bound, docs/pipelines.md); dopri5 at 1e-5, the trace by ``--trace`` (default Hutchinson, one
+  ``log p(z) + log p(x | z)`` at the encoded latent (:func:`scoresde.autoencoder.latent_log_likelihood`; not a
+  guaranteed bound, docs/pipelines.md); dopri5 at 1e-5, the trace by ``--trace`` (default Hutchinson, one
   Rademacher probe held per sample, as ``scoresde likelihood``; ``exact`` costs D VJPs per evaluation).
 
 Sample quality (domain FID) comes from ``benchmarks/digits_fid.py`` on the same checkpoints.
@@ -109,14 +109,14 @@ def main() -> None:
         bp = nats_to_bits_per_dim(pix.logp, D, offset)
         se = lambda v: float(v.std() / len(v) ** 0.5)  # noqa: E731
         report["bpd"] = {
-            "n": len(raw), "latent_bound": float(bl.mean()), "latent_bound_stderr": se(bl),
+            "n": len(raw), "latent_joint": float(bl.mean()), "latent_joint_stderr": se(bl),
             "latent_part": float(nats_to_bits_per_dim(res.latent, D, 0).mean()),
             "decoder_part": float(nats_to_bits_per_dim(res.decoder, D, 0).mean()),
             "pixel": float(bp.mean()), "pixel_stderr": se(bp), "latent_seconds": lat_s, "pixel_seconds": pix_s,
             "latent_nfe": res.flow.nfe, "pixel_nfe": pix.nfe,
         }
-        print(f"bits/dim on {len(raw)} test digits: latent {report['bpd']['latent_bound']:.3f} ± "
-              f"{report['bpd']['latent_bound_stderr']:.3f} ({lat_s:.0f} s), pixel {report['bpd']['pixel']:.3f} ± "
+        print(f"bits/dim on {len(raw)} test digits: latent {report['bpd']['latent_joint']:.3f} ± "
+              f"{report['bpd']['latent_joint_stderr']:.3f} ({lat_s:.0f} s), pixel {report['bpd']['pixel']:.3f} ± "
               f"{report['bpd']['pixel_stderr']:.3f} ({pix_s:.0f} s)")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=1))

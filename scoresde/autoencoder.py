@@ -9,7 +9,8 @@ An autoencoder here also owns its decoder's density ``log p(x | z)``. The likeli
 what it is: the latent probability-flow value ``log p(z)`` at the encoded data (with the scale's Jacobian) plus the
 decoder term ``log p(x | z)`` (:func:`latent_log_likelihood`). It is the joint density at the encoded latent; it equals
 ``log p(x)`` for an orthonormal linear encoder whose decoder noise lies off the latent subspace
-(:class:`LinearAutoencoder`, the exact test), and is otherwise a single-point estimate of the bound.
+(:class:`LinearAutoencoder`, the exact test). Otherwise it is the variational bound's integrand at the encoder's mean,
+without the encoder's entropy: neither the likelihood nor a guaranteed bound on it.
 """
 
 from __future__ import annotations
