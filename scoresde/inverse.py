@@ -39,7 +39,7 @@ from .noise import PerSampleNoise, child_seeds
 from .sampling import CountingScore, SampleResult, bind_learned_variance, prepare_sampling, resolve_seeds, sample
 from .sde import SDE
 from .solvers import GaussianStepSolver, Solver, SolverSpec, State, Step, get_solver
-from .solvers.base import grid_steps, posterior_coefficients
+from .solvers.base import forward_transition, grid_steps, posterior_coefficients
 
 __all__ = [
     "Observation",
@@ -167,10 +167,10 @@ class Replacement(Solver):
                 score_fn, sde, State(self.observation.replace(state.x, x_known), state.history), ctx
             )
             if r < self.resample - 1:  # RePaint: jump back from t_next to t by the forward transition
-                a = ct.alpha / cn.alpha
+                a, G2 = forward_transition(ct, cn)
                 # A jumped state lies on no earlier trajectory: a multistep solver's memory would extrapolate from
                 # another path (its differences, divided by small log-SNR gaps, blow up), so it restarts.
-                state = State(a * state.x + math.sqrt(max(ct.sigma**2 - (a * cn.sigma) ** 2, 0.0)) * ctx.noise(self.y))
+                state = State(a * state.x + math.sqrt(G2) * ctx.noise(self.y))
         return state
 
     def steps(
@@ -296,16 +296,16 @@ def smc(
     built, ts, noise, x, _, device = prepare_sampling(
         sde,
         (B * K, *data_shape),
-        solver,
-        steps,
-        None,
-        streams[:, 1:].flatten(),
-        None,
-        t_end,
-        grid,
-        device,
-        dtype,
-        solver_options or {},
+        solver=solver,
+        steps=steps,
+        generator=None,
+        seeds=streams[:, 1:].flatten(),
+        x_init=None,
+        t_end=t_end,
+        grid=grid,
+        device=device,
+        dtype=dtype,
+        solver_options=solver_options or {},
     )
     built = bind_learned_variance(built, score_fn)
     if not isinstance(built, GaussianStepSolver):

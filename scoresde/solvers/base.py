@@ -42,6 +42,7 @@ __all__ = [
     "tvec",
     "eps_and_x0",
     "multistep_order",
+    "forward_transition",
     "posterior_coefficients",
 ]
 
@@ -142,13 +143,19 @@ class Transition:
     denoised: Tensor | None = None
 
 
+def forward_transition(now: Coefficients, next: Coefficients) -> tuple[float, float]:
+    """``(a, G²)`` of the forward transition from ``s = next.t`` up to ``t = now.t``, ``x_t = a x_s + G z``:
+    ``a = alpha_t / alpha_s`` and ``G² = sigma_t² - a² sigma_s²`` (floored at 0 against rounding)."""
+    a = now.alpha / next.alpha
+    return a, max(now.sigma**2 - (a * next.sigma) ** 2, 0.0)
+
+
 def posterior_coefficients(now: Coefficients, next: Coefficients) -> tuple[float, float, float]:
     """``(c_t, c_0, var)`` of the forward process's posterior ``q(x_s | x_t, x_0) = N(c_t x_t + c_0 x_0, var)``
     from ``t = now.t`` to ``s = next.t < t`` (Ho et al., 2020, eq. 7, for any ``x_t = alpha_t x_0 + sigma_t eps``):
     with ``a = alpha_t / alpha_s`` and ``G² = sigma_t² - a² sigma_s²``, ``c_t = a sigma_s² / sigma_t²``,
     ``c_0 = alpha_s G² / sigma_t²`` and ``var = G² sigma_s² / sigma_t²`` (DDPM's ``beta~``)."""
-    a = now.alpha / next.alpha
-    G2 = max(now.sigma**2 - (a * next.sigma) ** 2, 0.0)
+    a, G2 = forward_transition(now, next)
     s2 = now.sigma**2
     return a * next.sigma**2 / s2, next.alpha * G2 / s2, G2 * next.sigma**2 / s2
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .._typing import ScoreFn
 from ..sde import SDE
-from .base import Coefficients, Solver, State, Step, eps_and_x0, multistep_order
+from .base import Coefficients, Solver, State, Step, eps_and_x0, forward_transition, multistep_order
 from .timesteps import karras_levels
 
 __all__ = ["DDIM", "DPMSolver", "DPMSolverPP", "DPMSolverPPSDE", "ERSDE", "Heun", "Restart", "dpm_solver_fast"]
@@ -55,8 +55,7 @@ class DDIM(Solver):
         eps, x0 = eps_and_x0(score_fn, x, ct)
         if self.eta == 0:
             return State((cn.alpha / ct.alpha) * x - cn.sigma * math.expm1(cn.lam - ct.lam) * eps, denoised=x0)
-        a = ct.alpha / cn.alpha
-        c = self.eta * cn.sigma / ct.sigma * math.sqrt(max(ct.sigma**2 - (a * cn.sigma) ** 2, 0.0))
+        c = self.eta * cn.sigma / ct.sigma * math.sqrt(forward_transition(ct, cn)[1])
         x_next = cn.alpha * x0 + math.sqrt(cn.sigma**2 - c**2) * eps
         return State(x_next if ctx.is_last else x_next + c * ctx.noise(x), denoised=x0)
 

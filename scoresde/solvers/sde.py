@@ -26,6 +26,7 @@ from .base import (
     Transition,
     diffusion_at,
     eps_and_x0,
+    forward_transition,
     posterior_coefficients,
     tvec,
 )
@@ -88,8 +89,8 @@ class ReverseDiffusion(GaussianStepSolver):
         """``(a, G)`` of the forward step from ``ctx.next.t`` up to ``ctx.now.t``."""
         ct, cn = ctx.now, ctx.next
         if type(sde).discretize is SDE.discretize:
-            a = ct.alpha / cn.alpha
-            return a, math.sqrt(max(ct.sigma**2 - (a * cn.sigma) ** 2, 0.0))
+            a, G2 = forward_transition(ct, cn)
+            return a, math.sqrt(G2)
         one = torch.ones_like(like[:1])
         f, G = sde.discretize(one, tvec(one, ct.t), tvec(one, cn.t))
         return 1.0 + float(f.flatten()[0]), float(G[0])
@@ -147,7 +148,7 @@ class Ancestral(GaussianStepSolver):
         mean = c_t * x + c_0 * x0
         if ctx.is_last:  # the mean is returned; no variance is needed (nor, for "analytic", its table)
             return Transition(mean, math.sqrt(posterior), denoised=x0)
-        G2 = ct.sigma**2 - (ct.alpha / cn.alpha * cn.sigma) ** 2
+        _, G2 = forward_transition(ct, cn)
         if self.variance == "analytic":
             if self.table is None:
                 raise ValueError(
