@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import cached_property, partial
 from typing import Literal, overload
 
 import torch
@@ -283,8 +283,6 @@ class GaussianMixture:
             component, with ``S = A Sigma Aᵀ + nu² I``: ``mu' = mu + Sigma Aᵀ S⁻¹ (v - A mu)``, ``Sigma' = Sigma -
             Sigma Aᵀ S⁻¹ A Sigma``, and weights ``∝ w_k N(v; A mu_k, S_k)``.
         """
-        if not noise_std >= 0:
-            raise ValueError(f"noise_std must be non-negative, got {noise_std}")
         A, B = self._observation_basis(observe)
         if noise_std > 0:
             B = torch.eye(self.dim, dtype=torch.float64)
@@ -293,15 +291,11 @@ class GaussianMixture:
             v = A @ v if observe.dtype != torch.bool else v[observe.flatten().bool()]
         if v.shape != (A.shape[0],):
             raise ValueError(f"values must hold the {A.shape[0]} observed entries (or a full point), got {v.numel()}")
-        S_oo = A @ self.covs @ A.T + noise_std**2 * torch.eye(A.shape[0], dtype=torch.float64)  # (K, M, M)
-        gain = self.covs @ A.T @ torch.linalg.inv(S_oo)  # Sigma Aᵀ (A Sigma Aᵀ)⁻¹: (K, D, M)
-        resid = v[None] - self.means @ A.T  # (K, M)
-        mu = self.means + torch.einsum("kdm,km->kd", gain, resid)
-        cov = self.covs - gain @ A @ self.covs
-        log_w = self.weights.log() + torch.distributions.MultivariateNormal(self.means @ A.T, S_oo).log_prob(v[None])
-        cov_b = B @ cov @ B.T
+        post = ObservationPosterior(self, A, noise_std)
+        weights, mu = post.log_weights(v[None])[0].exp(), post.means(v[None])[0]
+        cov_b = B @ post.covs @ B.T
         # components the observation rules out keep a negligible positive weight (the constructor needs w > 0)
-        return GaussianMixture(torch.softmax(log_w, 0).clamp_min(1e-300), mu @ B.T, 0.5 * (cov_b + cov_b.mT)), B
+        return GaussianMixture(weights.clamp_min(1e-300), mu @ B.T, 0.5 * (cov_b + cov_b.mT)), B
 
     def _observation_basis(self, observe: Tensor) -> tuple[Tensor, Tensor]:
         """Orthonormal rows ``A`` (observed) and ``B`` (unobserved) that together rotate ``R^D``."""
@@ -392,22 +386,26 @@ class ObservationPosterior:
     Args:
         mixture: the data distribution.
         A: ``(M, D)`` with orthonormal rows.
-        noise_std: ``nu > 0``.
+        noise_std: ``nu >= 0`` (0: noiseless; the posterior covariances are then singular along ``A``'s rows, which
+            the diffused score at ``t > 0`` does not mind).
     """
 
     def __init__(self, mixture: GaussianMixture, A: Tensor, noise_std: float) -> None:
-        if not noise_std > 0:
-            raise ValueError(
-                f"noise_std must be positive (a noiseless observation: GaussianMixture.condition), got {noise_std}"
-            )
+        if not noise_std >= 0:
+            raise ValueError(f"noise_std must be non-negative, got {noise_std}")
         A, _ = mixture._observation_basis(torch.as_tensor(A, dtype=torch.float64))
         self.mixture, self.A, self.noise_std = mixture, A, float(noise_std)
         S = A @ mixture.covs @ A.T + noise_std**2 * torch.eye(A.shape[0], dtype=torch.float64)
         self._gain = mixture.covs @ A.T @ torch.linalg.inv(S)  # (K, D, M)
         cov = mixture.covs - self._gain @ A @ mixture.covs
         self.covs = 0.5 * (cov + cov.mT)
-        self._lam, self._U = torch.linalg.eigh(self.covs)
         self._evidence = torch.distributions.MultivariateNormal(mixture.means @ A.T, 0.5 * (S + S.mT))
+
+    @cached_property
+    def _eig(self) -> tuple[Tensor, Tensor]:
+        """``(lam, U)`` of the posterior covariances, once, when the score or a draw first needs them."""
+        lam, U = torch.linalg.eigh(self.covs)
+        return lam, U
 
     def log_weights(self, v: Tensor) -> Tensor:
         """``log p(k | v)``: ``(B, K)`` for observations ``v: (B, M)``."""
@@ -423,8 +421,8 @@ class ObservationPosterior:
         """``∇_x log p_t(x | v)`` of the diffused posterior at ``x: (B, *shape)``, one observation per row."""
         xf = self.mixture._flat(x).double()
         alpha, sigma = (c.double()[:, None, None] for c in self.mixture._coeffs(xf, t, sde))
-        var = alpha**2 * self._lam.to(xf.device)[None] + sigma**2  # (B, K, D)
-        U = self._U.to(xf.device)
+        lam, U = (e.to(xf.device) for e in self._eig)
+        var = alpha**2 * lam[None] + sigma**2  # (B, K, D)
         z = torch.einsum("kdj,bkd->bkj", U, xf[:, None, :] - alpha * self.means(v))
         log_n = -0.5 * ((z**2 / var).sum(-1) + var.log().sum(-1))
         r = torch.softmax(self.log_weights(v) + log_n, dim=1)
@@ -435,7 +433,8 @@ class ObservationPosterior:
         k = torch.multinomial(self.log_weights(v).exp(), 1, generator=generator)[:, 0]
         z = torch.randn(v.shape[0], self.mixture.dim, generator=generator, dtype=torch.float64)
         mu = self.means(v)[torch.arange(v.shape[0]), k]
-        x = mu + torch.einsum("bij,bj->bi", self._U[k], self._lam[k].clamp_min(0).sqrt() * z)
+        lam, U = self._eig
+        x = mu + torch.einsum("bij,bj->bi", U[k], lam[k].clamp_min(0).sqrt() * z)
         return x.reshape(v.shape[0], *self.mixture.shape)
 
 

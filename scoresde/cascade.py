@@ -24,6 +24,7 @@ from .analytic import GaussianMixture, ObservationPosterior
 from .noise import PerSampleNoise, child_seeds
 from .sampling import resolve_seeds, sample
 from .sde import SDE
+from .solvers import Coefficients
 
 __all__ = [
     "downsample",
@@ -55,8 +56,16 @@ def augment(z: Tensor, s: float, sde: SDE, noise: Callable[[Tensor], Tensor]) ->
     ``z`` itself)."""
     if s == 0:
         return z
-    t = torch.tensor([s], dtype=torch.float64)
-    return float(sde.alpha(t)[0]) * z + float(sde.sigma(t)[0]) * noise(z)
+    alpha, sigma = _level(sde, s)
+    return alpha * z + sigma * noise(z)
+
+
+def _level(sde: SDE, s: float) -> tuple[float, float]:
+    """``(alpha_s, sigma_s)`` of the augmentation level ``s`` in float64 (``s = 0``: ``(1, 0)``, no augmentation)."""
+    if s == 0:
+        return 1.0, 0.0
+    c = Coefficients.at(sde, s)
+    return c.alpha, c.sigma
 
 
 @dataclass
@@ -115,14 +124,14 @@ def exact_stage2(mixture: GaussianMixture, sde: SDE, min_noise: float = 1e-4) ->
     alpha_s`` observed with noise ``max(sigma_s / alpha_s, min_noise)`` (``min_noise`` stands in for ``s = 0``)."""
     C, H, W = mixture.shape
     A = pool_matrix(C, H, W)
-    posteriors: dict[float, ObservationPosterior] = {}
+    posteriors: dict[float, tuple[float, ObservationPosterior]] = {}  # one per level, built on its first call
 
     def score(x: Tensor, t: Tensor, z: Tensor, s: float) -> Tensor:
-        ts = torch.tensor([s], dtype=torch.float64)
-        alpha, sigma = float(sde.alpha(ts)[0]), float(sde.sigma(ts)[0]) if s > 0 else 0.0
         if s not in posteriors:
-            posteriors[s] = ObservationPosterior(mixture, A, max(sigma / alpha, min_noise))
-        return posteriors[s].score(x, t, sde, z.flatten(1) / alpha)
+            alpha, sigma = _level(sde, s)
+            posteriors[s] = alpha, ObservationPosterior(mixture, A, max(sigma / alpha, min_noise))
+        alpha, posterior = posteriors[s]
+        return posterior.score(x, t, sde, z.flatten(1) / alpha)
 
     return score
 

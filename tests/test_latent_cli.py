@@ -46,6 +46,7 @@ def test_the_first_stage_records_its_scale_factor(stages):
     raw = dm.train_raw[:2048]
     mean, _ = ae.autoencoder.encode(dm.transform.forward(raw, u=torch.full(raw.shape, 0.5)))
     assert abs(saved["latent_scale"] - 1.0 / float(mean.double().std())) < 1e-6 * saved["latent_scale"]
+    assert float(saved["state_dict"]["codec.scale"]) == saved["latent_scale"]  # one scale, not two
 
 
 def test_one_checkpoint_holds_both_stages_and_sample_decodes(stages, tmp_path):

@@ -10,6 +10,7 @@ Every checkpoint also records the latent scale factor ``s = 1 / std`` of the enc
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -106,13 +107,13 @@ class AutoencoderModule(L.LightningModule):
             checkpoint["latent_scale"] = self.codec.fit_scale(x)
         finally:
             self.train(was_training)
+        if "codec.scale" in checkpoint.get("state_dict", {}):  # collected before this hook: the same scale there
+            checkpoint["state_dict"]["codec.scale"] = self.codec.scale.detach().clone()
 
 
 def read_first_stage(path: str, codec: LatentCodec) -> None:
     """Load the weights and the scale factor of a ``scoresde autoencoder fit`` checkpoint into ``codec``; a file that
     is missing or records no scale fails with what to do."""
-    from pathlib import Path
-
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"autoencoder_ckpt {path}: no such file; train the first stage with `scoresde autoencoder fit --config ...`"

@@ -237,9 +237,8 @@ class ScoreModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._run_seed = torch.initial_seed()  # the seed Lightning's seed_everything set (or a random one)
         moments = getattr(getattr(self.trainer, "datamodule", None), "train_moments", None)
-        if (
-            moments is not None and self.codec is None
-        ):  # the diffused Gaussian of the train data, the likelihood's prior at T
+        # the diffused Gaussian of the train data, the likelihood's prior at T (pixel-space models only)
+        if moments is not None and self.codec is None:
             self.fitted_prior = diffused_prior(self.sde, *moments())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
