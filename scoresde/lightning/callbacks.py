@@ -16,6 +16,7 @@ import lightning as L
 
 from .. import metrics, plotting
 from .._utils import atomic_path
+from ..cascade import downsample, pack_condition
 from ..likelihood import bits_per_dim, resolve_trace
 from .module import ScoreModule
 
@@ -133,11 +134,25 @@ class SampleReport(L.Callback):
     def _dir(self, trainer: L.Trainer) -> Path:
         return Path(self.out_dir or trainer.default_root_dir)
 
-    def _draw(self, pl_module: ScoreModule) -> torch.Tensor:
+    def _draw(self, pl_module: ScoreModule, dm: Any) -> torch.Tensor:
+        """Samples in model space; a cascade's stage 1 gives its block means ``A x / 2``, and its stage 2 is
+        conditioned on the validation images' own low-resolution views (in order, repeated), the real panel."""
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        return pl_module.sample(
-            self.n_samples, solver=self.solver, steps=self.steps, generator=g, grid=self.grid, **self.solver_options
+        condition = None
+        if pl_module.cascade_stage == "super":
+            real = dm.real_examples(self.n_samples).to(pl_module.device)
+            real = real[torch.arange(self.n_samples, device=real.device) % len(real)]
+            condition = pack_condition(downsample(real), 0.0)
+        x = pl_module.sample(
+            self.n_samples,
+            solver=self.solver,
+            steps=self.steps,
+            generator=g,
+            grid=self.grid,
+            condition=condition,
+            **self.solver_options,
         ).x
+        return x / 2 if pl_module.cascade_stage == "low" else x
 
     def _picture(self, trainer: L.Trainer, pl_module: ScoreModule, x: torch.Tensor, path: Path, title: str) -> Path:
         dm = _datamodule(trainer)
@@ -146,6 +161,8 @@ class SampleReport(L.Callback):
             return plotting.plot_2d(x.reshape(-1, 2), path, target=getattr(dm, "target", None), data=data, title=title)
         if x.ndim == 4:
             real = dm.real_examples(64) if hasattr(dm, "real_examples") else None
+            if real is not None and pl_module.cascade_stage == "low":  # beside stage 1's samples: the same view
+                real = downsample(real.to(x.device)) / 2
             to_unit = pl_module.transform.to_unit
             return plotting.image_grid(to_unit(x[:64]), path, real=None if real is None else to_unit(real), title=title)
         raise ValueError(f"no picture for data of shape {tuple(x.shape[1:])} (2-D points or images only)")
@@ -172,7 +189,7 @@ class SampleReport(L.Callback):
         path = self._picture(
             trainer,
             module,
-            self._draw(module),
+            self._draw(module, _datamodule(trainer)),
             self._dir(trainer) / "samples" / f"epoch{epoch:04d}.png",
             f"epoch {epoch}",
         )
@@ -184,7 +201,7 @@ class SampleReport(L.Callback):
         module, dm = _score_module(pl_module, "SampleReport"), _datamodule(trainer)
         train_time = time.perf_counter() - self._t_start
         t0 = time.perf_counter()
-        x = self._draw(module)
+        x = self._draw(module, dm)
         sample_time = time.perf_counter() - t0
         out = self._dir(trainer)
         path = self._picture(

@@ -19,6 +19,7 @@ import lightning as L
 
 from .._typing import ScoreFn
 from ..autoencoder import Autoencoder, LatentCodec
+from ..cascade import SuperResolutionNet, augment_per_example, downsample, pack_condition
 from ..guidance import classifier_free, null_condition
 from ..hybrid import HybridLoss
 from ..likelihood import GaussianPrior, diffused_prior
@@ -87,6 +88,10 @@ def ema_warmup_fn(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor]
     return update
 
 
+def _normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
 class EMAWeightAveraging(WeightAveraging):
     """Lightning's ``WeightAveraging`` that keeps the raw weights in a checkpoint written after training ended.
 
@@ -150,6 +155,12 @@ class ScoreModule(L.LightningModule):
             and ``s`` are part of this checkpoint.
         autoencoder_ckpt: the ``scoresde autoencoder fit`` checkpoint the first stage's weights and scale factor are
             read from when training starts (not needed to load this model's own checkpoints).
+        low_resolution: stage 1 of a cascade (:mod:`scoresde.cascade`): the model learns the low-resolution view
+            ``A x0`` (2×2 average pooling times 2, orthonormal rows) of ``(C, H, W)`` data, shape ``(C, H/2, W/2)``.
+        augmentation: stage 2 of a cascade, super-resolution with noise-conditioning augmentation: the largest
+            augmentation level ``s_max`` (a time of the SDE). Each training example is conditioned on ``z_s =
+            alpha_s A x0 + sigma_s eps`` with its own ``s ~ U[0, s_max]``; the network is a
+            :class:`~scoresde.cascade.SuperResolutionNet` (``0``: conditioned on ``A x0`` itself).
 
     Gradient clipping, mixed precision (``precision: bf16-mixed``) and distribution (``strategy: ddp``,
     ``devices``, ``num_nodes``) are the Trainer's job. The training noise (times ``t``, ``z`` and label dropout) of
@@ -183,6 +194,8 @@ class ScoreModule(L.LightningModule):
         learn_variance: bool = False,
         autoencoder: Autoencoder | None = None,
         autoencoder_ckpt: str | None = None,
+        low_resolution: bool = False,
+        augmentation: float | None = None,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -229,16 +242,44 @@ class ScoreModule(L.LightningModule):
                 read_first_stage(autoencoder_ckpt, self.codec)
         elif autoencoder_ckpt is not None:
             raise ValueError("model.autoencoder_ckpt needs model.autoencoder: the first stage's class and init_args")
+        self._check_cascade(net, sde, low_resolution, augmentation)
         self._run_seed = 0
         self.fitted_prior: GaussianPrior | None = None
         if compile:
             net.compile()  # nn.Module.compile: the module keeps its parameters and state-dict keys
 
+    def _check_cascade(self, net: nn.Module, sde: SDE, low_resolution: bool, augmentation: float | None) -> None:
+        """Refuse a cascade stage that cannot be trained as set up, with the setting to change."""
+        if not low_resolution and augmentation is None:
+            return
+        if low_resolution and augmentation is not None:
+            raise ValueError("a model is stage 1 (model.low_resolution) or stage 2 (model.augmentation), not both")
+        if self.codec is not None:
+            raise ValueError("a cascade stage works on pixels; it does not take model.autoencoder")
+        shape = self.data_shape
+        if shape is not None and (len(shape) != 3 or shape[1] % 2 or shape[2] % 2):
+            raise ValueError(f"a cascade needs images (C, H, W) with even H and W, got data of shape {shape}")
+        if augmentation is not None:
+            if not 0.0 <= augmentation < sde.T:
+                raise ValueError(f"model.augmentation (the largest level s_max) must lie in [0, T), got {augmentation}")
+            if not isinstance(net, SuperResolutionNet):
+                raise ValueError(
+                    "a super-resolution model (model.augmentation) takes a scoresde.cascade.SuperResolutionNet "
+                    f"around a network with twice the data's channels and cond_dim: 1, got {type(net).__name__}"
+                )
+
+    @property
+    def cascade_stage(self) -> Literal["low", "super"] | None:
+        """``"low"`` for a cascade's stage 1, ``"super"`` for its stage 2, ``None`` for a one-stage model."""
+        if self.hparams.get("low_resolution"):
+            return "low"
+        return "super" if self.hparams.get("augmentation") is not None else None
+
     def on_fit_start(self) -> None:
         self._run_seed = torch.initial_seed()  # the seed Lightning's seed_everything set (or a random one)
         moments = getattr(getattr(self.trainer, "datamodule", None), "train_moments", None)
         # the diffused Gaussian of the train data, the likelihood's prior at T (pixel-space models only)
-        if moments is not None and self.codec is None:
+        if moments is not None and self.codec is None and self.cascade_stage is None:
             self.fitted_prior = diffused_prior(self.sde, *moments())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -263,8 +304,14 @@ class ScoreModule(L.LightningModule):
 
     @property
     def sample_shape(self) -> tuple[int, ...] | None:
-        """The shape the score model works on: the latent shape of a latent model, else ``data_shape``."""
-        return self.codec.latent_shape if self.codec is not None else self.data_shape
+        """The shape the score model works on: the latent shape of a latent model, the pooled ``(C, H/2, W/2)`` of a
+        cascade's stage 1, else ``data_shape``."""
+        if self.codec is not None:
+            return self.codec.latent_shape
+        if self.cascade_stage == "low" and self.data_shape is not None:
+            C, H, W = self.data_shape
+            return C, H // 2, W // 2
+        return self.data_shape
 
     @property
     def num_classes(self) -> int | None:
@@ -311,6 +358,12 @@ class ScoreModule(L.LightningModule):
         if self.codec is not None:  # latent diffusion: the score model learns the scaled latents
             with torch.no_grad():
                 x0 = self.codec.to_latent(x0)
+        if self.cascade_stage == "low":
+            x0 = downsample(x0)
+        if self.cascade_stage == "super" and y is not None:
+            raise ValueError(
+                "a super-resolution model is conditioned on the low-resolution image; set data.labels: false"
+            )
         generator, noise = None, None
         if stage == "train":
             world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
@@ -321,7 +374,24 @@ class ScoreModule(L.LightningModule):
         if y is not None:
             y = self._drop_labels(y, noise) if noise is not None else y
             score_fn = partial(self.score_model, y=y)
+        if self.cascade_stage == "super":
+            score_fn = partial(self.score_model, y=self._augmented_condition(x0, noise, generator))
         return self.loss(score_fn, self.sde, x0, generator=generator, noise=noise), x0.shape[0]
+
+    def _augmented_condition(
+        self, x0: Tensor, noise: PerSampleNoise | None, generator: torch.Generator | None
+    ) -> Tensor:
+        """Stage 2's training condition ``pack_condition(z_s, s)``: ``z_s = alpha_s A x0 + sigma_s eps`` with ``s ~
+        U[0, s_max]``, both drawn from the example's stream (``noise``) or from ``generator``: ``(B, C H W / 4 + 1)``."""
+        s_max, B = float(self.hparams["augmentation"]), x0.shape[0]
+        eps: Callable[[Tensor], Tensor]
+        if noise is not None:
+            u, eps = noise.uniform(x0.device), noise
+        else:
+            u = torch.rand(B, generator=generator, device=x0.device, dtype=torch.float64)
+            eps = partial(_normal_like, generator=generator)
+        s = u * s_max
+        return pack_condition(augment_per_example(downsample(x0), s, self.sde, eps), s.to(x0.dtype))
 
     def _shared_step(self, batch: Tensor | tuple[Tensor, ...], stage: str, seed: int) -> Tensor:
         loss, size = self._loss(batch, stage, seed)
@@ -411,6 +481,7 @@ class ScoreModule(L.LightningModule):
         labels: Tensor | None = None,
         guidance_scale: float = 1.0,
         score_transform: Callable[[ScoreFn], ScoreFn] | None = None,
+        condition: Tensor | None = None,
         **options: Any,
     ) -> SampleResult:
         """Draw ``n`` samples in model space with the current weights (the EMA weights after training); a latent model
@@ -420,11 +491,17 @@ class ScoreModule(L.LightningModule):
         :func:`scoresde.sample` (``seeds``, ``grid``, ``denoise``, ``t_end``, ...). A class-conditional model samples
         the classes ``labels: (n,)`` with classifier-free guidance of scale ``guidance_scale`` (1: conditional;
         ``-1`` labels or ``labels=None``: unconditional). ``score_transform(score_fn) -> score_fn`` is applied last
-        (e.g. classifier guidance or thresholding from :mod:`scoresde.guidance`).
+        (e.g. classifier guidance or thresholding from :mod:`scoresde.guidance`). A super-resolution model (a
+        cascade's stage 2) samples given ``condition = pack_condition(z_s, s)``, ``(n, C H W / 4 + 1)``
+        (:func:`scoresde.cascade.cascade_sample` runs both stages).
         """
         if self.data_shape is None:
             raise ValueError("data_shape is unknown: pass data_shape=... (the CLI links it from the DataModule)")
         score_fn: Any = self.score_model
+        if (condition is not None) != (self.cascade_stage == "super"):
+            raise ValueError("condition= is the low-resolution image of a super-resolution model, and it needs one")
+        if condition is not None:
+            score_fn = partial(self.score_model, y=condition.to(self.device))
         if labels is not None:
             if self.num_classes is None:
                 raise ValueError("labels were given but this model is unconditional (its network has no num_classes)")

@@ -305,11 +305,13 @@ def load_model(
     block: int = 0,
     model_config: str | None = None,
     latent: bool = False,
+    cascade: bool = False,
 ) -> ScoreModule:
     """The :class:`ScoreModule` of a checkpoint (its state dict holds the EMA weights) or of a pretrained model
     (:class:`CheckpointSpec`; ``model_config`` for score_sde_pytorch files), in eval mode; ``block > 0`` makes its
     network calls take exactly that many rows (``ScoreModel.block``: batch-size independent results). A latent
-    diffusion model is refused unless the command handles one (``latent=True``)."""
+    diffusion model is refused unless the command handles one (``latent=True``), and so is a stage of a cascade
+    (``cascade=True``)."""
     if block < 0:
         raise ValueError(f"--block must be >= 0 (0: no blocks), got {block}")
     spec = CheckpointSpec.parse(ckpt)
@@ -329,6 +331,12 @@ def load_model(
             f"{ckpt} is a latent diffusion model (it holds an autoencoder); this command works on pixel-space models "
             "so far. `scoresde sample` draws from it; in Python, scoresde.autoencoder.latent_log_likelihood gives its "
             "likelihood"
+        )
+    if model.cascade_stage is not None and not cascade:
+        raise ValueError(
+            f"{ckpt} is a stage of a cascade (a {'low-resolution' if model.cascade_stage == 'low' else 'super-resolution'} "
+            "model); this command works on one-stage models. `scoresde sample --ckpt STAGE2 --stage1 STAGE1` draws "
+            "from the cascade"
         )
     model.score_model.block = block or None
     return model.eval()

@@ -8,6 +8,7 @@
     scoresde sample --ckpt cond.ckpt --class all --guidance-scale 3 --n 100 --out grid/  # classes 0, 1, ... in turn
     scoresde sample --ckpt uncond.ckpt --classifier clf.ckpt --class 3 --classifier-scale 2 --out cg/
     scoresde sample --ckpt last.ckpt --solver ddim --threshold dynamic --percentile 0.995 --out clipped/
+    scoresde sample --ckpt super.ckpt --stage1 low.ckpt --augmentation 0.1 --n 64 --out cascade/  # a cascade
 
 Samples are drawn in shards of ``--batch-size`` (``shard_00000.npz``, ...) through Lightning's predict loop, so
 ``--devices``/``--strategy``/``--num_nodes`` spread the shards over processes. Sample ``j`` uses the seed
@@ -22,6 +23,12 @@ Conditioning: ``--class`` takes one class, a comma list or ``all``; sample ``j``
 classes listed (its label is saved in ``labels``). A class-conditional checkpoint is guided classifier-free with
 ``--guidance-scale`` (1: conditional, 0: unconditional); ``--classifier`` (a ``scoresde classifier fit`` checkpoint)
 adds classifier guidance of scale ``--classifier-scale``; ``--threshold static|dynamic`` clips the data prediction.
+
+Cascades (:mod:`scoresde.cascade`): ``--ckpt`` is the super-resolution stage 2 and ``--stage1`` the low-resolution
+model; stage 1 runs with its own sampler (``--stage1-steps``), its samples are augmented to level
+``--augmentation`` and stage 2 runs with ``--solver``/``--steps``. ``samples.npz`` then also holds ``low_resolution``
+(stage 1's images, block means in the dataset's range) and ``cascade.png`` shows both stages. A stage-1 model alone
+writes its low-resolution images.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from torch import Tensor
 from ... import plotting
 from ..._typing import ScoreFn
 from ..._utils import atomic_path, save_npz
+from ...cascade import augment, pack_condition, stage_seeds
 from ...guidance import classifier_guidance, threshold
 from ...noise import derive_seeds
 from ...solvers import DISCRETE_GRIDS, SOLVERS, TIME_GRIDS, Solver, get_solver
@@ -111,6 +119,11 @@ class SampleConfig(DeviceOptions):
     threshold_range: list[float] | None = option(
         None, "model-space data range [low, high] to threshold into (default: the dataset's)", "--threshold-range"
     )
+    stage1: str | None = option(None, "a cascade: the low-resolution stage-1 checkpoint (--ckpt is its stage 2)")
+    augmentation: float = option(0.0, "a cascade: the augmentation level s of stage 1's samples (a time in [0, T))")
+    stage1_steps: int | None = option(
+        None, "a cascade: stage 1's solver steps (default: its sample_steps)", "--stage1-steps"
+    )
     precision: str | None = option(None, "e.g. bf16-mixed (default: 32-bit)")
     out: str = option(help="output directory", result=False)
 
@@ -178,12 +191,16 @@ class SamplingTask(ShardTask):
         out: Path,
         classes: list[int] | None = None,
         classifier: ClassifierModule | None = None,
+        stage1: ScoreModule | None = None,
     ) -> None:
         super().__init__(cfg.n, cfg.batch_size, out)
         self.model, self.cfg, self.solver, self.options = model, cfg, solver, options
-        self.classes, self.classifier = classes, classifier
+        self.classes, self.classifier, self.stage1 = classes, classifier, stage1
 
     def draw(self, start: int, count: int) -> dict[str, np.ndarray]:
+        seeds = derive_seeds(self.cfg.seed, start, count, device=self.device)
+        if self.stage1 is not None:
+            return self._cascade(count, seeds)
         labels = None
         if self.classes is not None:
             index = torch.arange(start, start + count, device=self.device)
@@ -193,7 +210,7 @@ class SamplingTask(ShardTask):
             count,
             solver=self.solver,
             steps=self.cfg.steps,
-            seeds=derive_seeds(self.cfg.seed, start, count, device=self.device),
+            seeds=seeds,
             grid=self.cfg.grid or "uniform",
             denoise=self.cfg.denoise,
             t_end=self.cfg.t_end,
@@ -203,7 +220,38 @@ class SamplingTask(ShardTask):
             **self.options,
         )
         extra = {} if labels is None else {"labels": labels.cpu().numpy()}
-        return {"samples": self.model.transform.inverse(res.x.cpu()).numpy(), "nfe": np.asarray(res.nfe), **extra}
+        return {"samples": images(self.model, res.x), "nfe": np.asarray(res.nfe), **extra}
+
+    def _cascade(self, count: int, seeds: Tensor) -> dict[str, np.ndarray]:
+        """Stage 1, the augmentation and stage 2 from three streams of each sample's seed
+        (:func:`scoresde.cascade.stage_seeds`, as :func:`scoresde.cascade.cascade_sample` draws them)."""
+        assert self.stage1 is not None
+        first, noise, second = stage_seeds(seeds)
+        low = self.stage1.sample(count, steps=self.cfg.stage1_steps, seeds=first)
+        s = self.cfg.augmentation
+        z = augment(low.x, s, self.model.sde, noise)
+        res = self.model.sample(
+            count,
+            solver=self.solver,
+            steps=self.cfg.steps,
+            seeds=second,
+            grid=self.cfg.grid or "uniform",
+            denoise=self.cfg.denoise,
+            t_end=self.cfg.t_end,
+            condition=pack_condition(z, s),
+            **self.options,
+        )
+        return {
+            "samples": images(self.model, res.x),
+            "low_resolution": images(self.stage1, low.x),
+            "nfe": np.asarray(low.nfe + res.nfe),
+        }
+
+
+def images(model: ScoreModule, x: Tensor) -> np.ndarray:
+    """Samples in the dataset's units; a cascade's stage 1 gives ``A x`` (pooling times 2), written as block means."""
+    x = x.cpu()
+    return model.transform.inverse(x / 2 if model.cascade_stage == "low" else x).numpy()
 
 
 def _classifier_classes(classifier: ClassifierModule, model: ScoreModule) -> int:
@@ -266,6 +314,33 @@ def check_latent_options(cfg: SampleConfig) -> None:
         raise ValueError("--variance analytic estimates its table from pixel data; a latent model does not take it yet")
 
 
+def load_stage1(model: ScoreModule, cfg: SampleConfig) -> ScoreModule | None:
+    """A cascade's stage 1 (``--stage1``) for the super-resolution model ``model``, checked against it: its samples
+    must have the shape stage 2 is conditioned on. ``None`` for a one-stage model (which refuses cascade options)."""
+    if model.cascade_stage != "super":
+        if cfg.stage1 is not None or cfg.augmentation or cfg.stage1_steps is not None:
+            raise ValueError(
+                "--stage1, --augmentation and --stage1-steps run a cascade: --ckpt must then be its super-resolution "
+                "stage 2 (a model trained with model.augmentation)"
+            )
+        return None
+    if cfg.stage1 is None:
+        raise ValueError(f"{cfg.ckpt} is a super-resolution model (a cascade's stage 2): give --stage1 LOW.ckpt too")
+    if cfg.classes is not None or cfg.classifier or cfg.threshold is not None or cfg.nfe is not None:
+        raise ValueError("a cascade takes neither --class, --classifier, --threshold nor --nfe")
+    if not 0.0 <= cfg.augmentation < model.sde.T:
+        raise ValueError(f"--augmentation must lie in [0, T={model.sde.T:g}), got {cfg.augmentation}")
+    if cfg.stage1_steps is not None and cfg.stage1_steps < 1:
+        raise ValueError(f"--stage1-steps must be a positive integer, got {cfg.stage1_steps}")
+    stage1 = load_model(cfg.stage1, block=cfg.block, cascade=True)
+    C, H, W = model.data_shape or (0, 0, 0)
+    if stage1.sample_shape != (C, H // 2, W // 2):
+        raise ValueError(
+            f"--stage1 {cfg.stage1} samples shape {stage1.sample_shape}, but stage 2 is conditioned on {(C, H // 2, W // 2)}"
+        )
+    return stage1
+
+
 def run_sampling(cfg: SampleConfig) -> Path | None:
     """Draw ``cfg.n`` samples in shards under ``cfg.out`` (resuming), merge them into ``samples.npz``; returns its
     path on rank 0 (``None`` on the other ranks)."""
@@ -273,9 +348,10 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
     if cfg.steps is not None and cfg.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {cfg.steps}")
     spec = CheckpointSpec.parse(cfg.ckpt)
-    model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config, latent=True)
+    model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config, latent=True, cascade=True)
     if model.codec is not None:
         check_latent_options(cfg)
+    stage1 = load_stage1(model, cfg)
     cfg = distilled_defaults(cfg, spec)
     choice = None
     if cfg.nfe is not None:
@@ -321,7 +397,7 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
         **({} if grid_times is None else {"grid_times": grid_times.tolist()}),
         **({} if choice is None else {"nfe_budget": choice.nfe, "nfe_choice": choice.describe()}),
     )
-    task = SamplingTask(model, cfg, task_solver, task_options, out, classes, classifier)
+    task = SamplingTask(model, cfg, task_solver, task_options, out, classes, classifier, stage1)
     merged = run_resumable(cfg, task, out / "sample_config.json", record, "samples drawn", precision=cfg.precision)
     steps = len(grid_times) - 1 if grid_times is not None else cfg.steps or int(model.hparams["sample_steps"])
     return None if merged is None else _merge(model, cfg, solver, steps, out, merged)
@@ -330,9 +406,18 @@ def run_sampling(cfg: SampleConfig) -> Path | None:
 def _merge(
     model: ScoreModule, cfg: SampleConfig, solver: object, steps: int, out: Path, merged: dict[str, np.ndarray]
 ) -> Path:
-    samples, nfe, labels = merged["samples"], merged["nfe"], merged.get("labels")
+    samples, nfe, labels, low = merged["samples"], merged["nfe"], merged.get("labels"), merged.get("low_resolution")
     final = out / "samples.npz"
     extra = {} if labels is None else {"labels": labels}
+    if low is not None:
+        extra["low_resolution"] = low
+        top = model.transform.levels - 1 if model.transform.levels else 1
+        panels = [("stage 1", low[:64]), ("stage 2", samples[:64])]
+        plotting.image_panels(
+            [(name, torch.as_tensor(x, dtype=torch.float32) / top) for name, x in panels],
+            out / "cascade.png",
+            title=f"cascade, augmentation s = {cfg.augmentation:g}",
+        )
     save_npz(final, {"samples": samples, "nfe_per_sample": nfe, **extra})  # (N, *D), (N,), (N,)
     title = f"{len(samples)} samples of {CheckpointSpec.parse(cfg.ckpt).path.name}: {solver}, {steps} steps, {nfe.mean():.0f} NFE"
     plotting.samples_picture(samples, model.transform, out / "samples.png", labels=labels, title=title)
