@@ -70,12 +70,38 @@ def test_one_checkpoint_holds_both_stages_and_sample_decodes(stages, tmp_path):
             ref = model.sample(6, steps=3, seeds=derive_seeds(2, 0, 6))
         assert np.array_equal(samples, model.transform.inverse(ref.x).numpy())
         with pytest.raises(ValueError, match="latent diffusion model"):
-            run(["likelihood", "--ckpt", str(latent_ckpt), "--limit", "4", "--out", str(tmp_path / "bpd")])
+            load_model(latent_ckpt)  # what the commands that work on pixels call
         with pytest.raises(ValueError, match="act on pixels"):
             run(["sample", "--ckpt", str(latent_ckpt), "--threshold", "static", "--n", "2", "--out",
                  str(tmp_path / "t")])
     finally:
         shutil.move(moved, ae_ckpt)
+
+
+def test_likelihood_reports_the_latent_models_joint_density_as_latent_log_likelihood_does(stages, tmp_path):
+    from scoresde.autoencoder import latent_log_likelihood
+    from scoresde.lightning.commands._common import load_data
+    from scoresde.lightning.commands.likelihood import _stream
+    from scoresde.likelihood import nats_to_bits_per_dim
+    from scoresde.noise import PerSampleNoise, index_seeds
+
+    _, latent_ckpt = stages
+    out = tmp_path / "bpd"
+    summary = run(["likelihood", "--ckpt", str(latent_ckpt), "--limit", "5", "--batch-size", "3", "--trace",
+                   "hutchinson", "--rtol", "1e-4", "--atol", "1e-4", "--progress", "false", "--out", str(out)])
+    saved = np.load(out / "likelihood.npz")
+    model, dm = load_model(latent_ckpt, latent=True), load_data(None, str(latent_ckpt))
+    raw, index = dm.test_raw[:5], torch.arange(5)
+    x, log_q = dm.transform.dequantize_points(raw, index, _stream(0, 0))
+    ref = latent_log_likelihood(model.codec, model.score_model, model.sde, x, trace="hutchinson", rtol=1e-4,
+                                atol=1e-4, noise=PerSampleNoise(index_seeds(_stream(0, 0) + 1, index)))
+    bpd = nats_to_bits_per_dim(ref.logp.double() - log_q, 64, dm.transform.bpd_offset).numpy()
+    # the same points, draws and probes in blocks of 3 and 2 as in one block of 5 (per-point step control)
+    np.testing.assert_allclose(saved["bpd"][:, 0], bpd, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(saved["latent"][:, 0] + saved["decoder"][:, 0], saved["logp"][:, 0], atol=1e-9)
+    assert summary["prior"] == "standard" and "elbo_bpd" not in summary and "bpd_other" not in summary
+    total = summary["latent_bpd"] + summary["decoder_bpd"]
+    assert abs(total - (-saved["logp"].mean() / (64 * np.log(2)))) < 1e-9
 
 
 def test_a_latent_model_without_its_first_stage_is_explained(tmp_path, monkeypatch):

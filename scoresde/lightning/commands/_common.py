@@ -329,8 +329,7 @@ def load_model(
     if model.codec is not None and not latent:
         raise ValueError(
             f"{ckpt} is a latent diffusion model (it holds an autoencoder); this command works on pixel-space models "
-            "so far. `scoresde sample` draws from it; in Python, scoresde.autoencoder.latent_log_likelihood gives its "
-            "likelihood"
+            "so far. `scoresde sample` and `scoresde evaluate` draw from it and `scoresde likelihood` reports its density"
         )
     if model.cascade_stage is not None and not cascade:
         raise ValueError(

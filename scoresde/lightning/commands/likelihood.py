@@ -15,10 +15,17 @@ nats, ``nfe``, ``gaussian_bpd (N, R)`` and, for known densities, ``exact_bpd``),
 the mean NFE, and the same points' exact bits/dim under a full-covariance Gaussian fitted to the train split (same
 transform, same dequantization draws, same offset): the baseline any model of the data must beat. Data drawn from a known
 density (``ToyDataModule``'s ring or mixture) also get their exact bits/dim (``exact_bpd``) and the model's gap to it.
+
+A latent diffusion model reports ``log p(z) + log p(x | z)`` at the encoded latent ``z = E(x)``
+(:func:`scoresde.autoencoder.latent_log_likelihood`): the latent probability-flow value under the SDE's prior, with
+the scale's Jacobian, plus the decoder's density (``latent`` and ``decoder`` in nats per point). It is the joint
+density at one latent, neither the model's likelihood nor a guaranteed bound on it (it leaves out the encoder's
+entropy); no ELBO or second prior is computed for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -32,6 +39,7 @@ from torch import Tensor
 
 from ..._utils import atomic_path, save_npz
 from ...analytic import GaussianMixture
+from ...autoencoder import latent_log_likelihood
 from ...dequantize import Dequantizer, TruncatedNormalDequantizer
 from ...likelihood import (
     GaussianPrior,
@@ -142,7 +150,7 @@ class LikelihoodTask(ShardTask):
         cfg: LikelihoodConfig,
         trace: Trace,
         parts: Path,
-        fitted: GaussianPrior,
+        fitted: GaussianPrior | None,
         dequantizer: Dequantizer | None,
     ) -> None:
         super().__init__(len(raw), cfg.batch_size, parts)
@@ -157,27 +165,28 @@ class LikelihoodTask(ShardTask):
         keys = ["bpd", "logp", "log_q", "prior", "integral", "nfe", "bpd_other", "prior_other", "hutchinson_se"]
         keys += ["elbo_bpd", "elbo_se"] if cfg.elbo else []
         out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-        priors = (self.fitted, self.model.sde.prior_logp)
+        priors = (self.fitted or self.model.sde.prior_logp, self.model.sde.prior_logp)  # fitted: None, latent only
         used, other = priors if cfg.prior == "fitted" else priors[::-1]
         for r in range(repeats):
             x, log_q = self.transform.dequantize_points(raw, index, _stream(cfg.seed, r), self.dequantizer)
             noise = PerSampleNoise(index_seeds(_stream(cfg.seed, r) + 1, index.to(self.device)))  # Hutchinson probes
-            res = log_likelihood(
-                self.model.score_model,
-                self.model.sde,
-                x,
-                t_eps=cfg.t_eps,
-                method=cfg.method,
-                backend=cfg.backend,  # type: ignore[arg-type]  # checked by log_likelihood
-                rtol=cfg.rtol,
-                atol=cfg.atol,
-                trace=self.trace,
-                probe="gaussian" if cfg.probe == "gaussian" else "rademacher",  # checked in run_likelihood
-                n_probes=cfg.n_probes,
-                noise=noise,
-                prior=used,
-                cutoff="taylor" if cfg.cutoff == "taylor" else "none",  # checked in run_likelihood
-            )
+            options: dict[str, Any] = {
+                "t_eps": cfg.t_eps,
+                "method": cfg.method,
+                "backend": cfg.backend,  # checked by log_likelihood
+                "rtol": cfg.rtol,
+                "atol": cfg.atol,
+                "trace": self.trace,
+                "probe": cfg.probe,  # checked in run_likelihood
+                "n_probes": cfg.n_probes,
+                "noise": noise,
+                "cutoff": cfg.cutoff,  # checked in run_likelihood
+            }
+            if self.model.codec is not None:  # the joint density at the encoded latent (module docstring)
+                lat = latent_log_likelihood(self.model.codec, self.model.score_model, self.model.sde, x, **options)
+                self._latent_parts(out, lat.logp - log_q, lat, log_q, dim)
+                continue
+            res = log_likelihood(self.model.score_model, self.model.sde, x, prior=used, **options)
             prior_other = other(res.z).double()
             logp_other = res.logp.double() - res.prior.double() + prior_other  # the same solve, the other prior
             for k, v in (
@@ -201,7 +210,7 @@ class LikelihoodTask(ShardTask):
                     x,
                     n_t=cfg.elbo,
                     t_eps=cfg.t_eps,
-                    prior=self.fitted if cfg.prior == "fitted" else None,
+                    prior=self.fitted if cfg.prior == "fitted" else None,  # not None: pixel models have one
                     noise=PerSampleNoise(index_seeds(_stream(cfg.seed, r) + 2_000_000_011, index.to(self.device))),
                 )
                 shift = res.cutoff.double() if res.cutoff is not None else 0.0  # the same correction to t = 0
@@ -210,7 +219,23 @@ class LikelihoodTask(ShardTask):
                 out["elbo_se"].append((bound.stderr / (dim * math.log(2))).double().cpu().numpy())
             per = res.nfe_per_sample
             out["nfe"].append(per.cpu().numpy() if per is not None else np.full(count, res.nfe))
-        return {k: np.stack(v, 1) for k, v in out.items()}
+        return {k: np.stack(v, 1) for k, v in out.items() if v}
+
+    def _latent_parts(self, out: dict[str, list[np.ndarray]], nats: Tensor, lat: Any, log_q: Tensor, dim: int) -> None:
+        """One dequantization draw's results of a latent model into ``out`` (``bpd`` from ``nats``, the joint density
+        less ``log q``; its ``latent`` and ``decoder`` parts in nats)."""
+        flow = lat.flow
+        for k, v in (("logp", lat.logp), ("log_q", log_q), ("prior", flow.prior), ("integral", flow.integral)):
+            out[k].append(v.double().cpu().numpy())
+        out.setdefault("latent", []).append(lat.latent.double().cpu().numpy())
+        out.setdefault("decoder", []).append(lat.decoder.double().cpu().numpy())
+        out["bpd"].append(nats_to_bits_per_dim(nats.double(), dim, self.transform.bpd_offset).cpu().numpy())
+        se = flow.integral_stderr
+        out["hutchinson_se"].append(
+            (se.double() / (dim * math.log(2))).cpu().numpy() if se is not None else np.full(len(nats), np.nan)
+        )
+        per = flow.nfe_per_sample
+        out["nfe"].append(per.cpu().numpy() if per is not None else np.full(len(nats), flow.nfe))
 
 
 def gaussian_baseline(
@@ -289,7 +314,12 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
         raise ValueError(f"--cutoff must be none or taylor, got {cfg.cutoff!r}")
     if cfg.prior not in ("fitted", "standard"):
         raise ValueError(f"--prior must be fitted or standard, got {cfg.prior!r}")
-    model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config)
+    model = load_model(cfg.ckpt, block=cfg.block, model_config=cfg.model_config, latent=True)
+    latent = model.codec is not None
+    if latent and cfg.cutoff != "none":
+        raise ValueError("--cutoff taylor corrects a pixel-space density to t = 0; a latent model does not take it")
+    if latent:  # the latent ODE ends at the SDE's prior (the train split's pixel Gaussian does not apply); no ELBO
+        cfg = dataclasses.replace(cfg, prior="standard", elbo=0)
     dm = load_data(cfg.data, cfg.ckpt)
     if dm.transform != model.transform:
         raise ValueError(
@@ -305,7 +335,7 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     run = manifest_record(cfg, trace=trace, n=len(raw), ckpt_sha256=CheckpointSpec.parse(cfg.ckpt).digest())
 
     fitted, prior_source = model.fitted_prior, "from the checkpoint"
-    if fitted is None:  # a checkpoint from before fitted priors, or a pretrained model: fit it now
+    if fitted is None and not latent:  # a checkpoint from before fitted priors, or a pretrained model: fit it now
         fitted, prior_source = diffused_prior(model.sde, *dm.train_moments()), "fitted now"
     out = prepare_out(cfg.out)
     dequantizer = parse_dequantization(cfg.dequantization, dm.transform)
@@ -321,15 +351,21 @@ def run_likelihood(cfg: LikelihoodConfig) -> dict[str, Any] | None:
     if isinstance(target, GaussianMixture) and dm.transform.levels is None:  # data drawn from a known density
         merged["exact_bpd"] = (-target.log_prob(raw.double()) / (dim * math.log(2))).numpy()[:, None]
     save_npz(out / "likelihood.npz", merged)
+    parts = {}
+    if latent:  # its two terms in bits/dim of the data (the offset and log q are in the total only)
+        parts = {k + "_bpd": float(-merged[k].mean() / (dim * math.log(2))) for k in ("latent", "decoder")}
     summary = {
         **summarize(merged),
+        **parts,
         "offset": dm.transform.bpd_offset,
         "levels": dm.transform.levels,
         "trace": trace,
         "split": cfg.split,
         "prior": cfg.prior,
         "dequantization": repr(dequantizer) if dequantizer is not None else "uniform",
-        "fitted_prior": f"train split's Gaussian ({'full' if fitted.chol.ndim == 2 else 'diagonal'} covariance)",
+        "fitted_prior": "none (a latent model)"
+        if fitted is None
+        else f"train split's Gaussian ({'full' if fitted.chol.ndim == 2 else 'diagonal'} covariance)",
         "fitted_prior_source": prior_source,
     }
     with atomic_path(out / "summary.json") as tmp:
@@ -347,11 +383,28 @@ def _table(s: dict[str, Any], dim: int) -> str:
             else f"{s['split']} ({s['n']} points, continuous data)",
         ),
         ("bits/dim", f"{s['bpd']:.4f} ± {s['bpd_stderr']:.4f} (s.e.)"),
+        *(
+            [
+                (
+                    "latent model",
+                    f"log p(z) + log p(x | z) at z = E(x): {s['latent_bpd']:.4f} bits/dim from the latent ODE, "
+                    f"{s['decoder_bpd']:.4f} from the decoder; a joint density, not a guaranteed bound",
+                )
+            ]
+            if "latent_bpd" in s
+            else []
+        ),
         ("prior at T", _prior_words(s, s["prior"])),
-        (
-            "other prior",
-            f"{s['bpd_other']:.4f} ± {s['bpd_other_stderr']:.4f}: the same solves under "
-            + _prior_words(s, "standard" if s["prior"] == "fitted" else "fitted"),
+        *(
+            [
+                (
+                    "other prior",
+                    f"{s['bpd_other']:.4f} ± {s['bpd_other_stderr']:.4f}: the same solves under "
+                    + _prior_words(s, "standard" if s["prior"] == "fitted" else "fitted"),
+                )
+            ]
+            if "bpd_other" in s
+            else []
         ),
         *(
             [
